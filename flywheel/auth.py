@@ -1,0 +1,43 @@
+"""Who is calling: Bearer API keys map to user ids; anonymous callers get a stable id.
+
+Serving and feedback resolve identities with this one function, so a feedback token issued
+to a user by serving names the same user the feedback service sees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+
+class Unauthorized(Exception):
+    """No usable credentials and anonymous access is off."""
+
+
+def bearer_key(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, key = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        return None
+    return key.strip()
+
+
+def resolve_user(
+    authorization: str | None,
+    api_keys: dict[str, str],
+    allow_anonymous: bool,
+    anonymous_hint: str | None = None,
+) -> str:
+    """Map a request's credentials to a user id.
+
+    A known Bearer key gives its user. Otherwise, in anonymous mode, the caller gets
+    `anon-<hash>` of the key it sent or, without one, of the hint (e.g. the OpenAI `user`
+    field or its address): stable across requests, so canary routing stays sticky.
+    """
+    key = bearer_key(authorization)
+    if key is not None and key in api_keys:
+        return api_keys[key]
+    if not allow_anonymous:
+        raise Unauthorized("a valid API key is required (Authorization: Bearer <key>)")
+    basis = key or anonymous_hint or "anonymous"
+    return "anon-" + hashlib.sha256(basis.encode("utf-8")).hexdigest()[:16]

@@ -1,0 +1,112 @@
+"""The `flywheel` command: one verb per process or operator action.
+
+Only argument parsing and wiring live here; flags override the FLYWHEEL_* environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+log = logging.getLogger("flywheel")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    # kafka-python logs every failed connection attempt; our publishers report outages once.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+
+
+def _overrides(args: argparse.Namespace, names: Sequence[str]) -> dict[str, object]:
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from flywheel.settings import ServingSettings
+    from serving.app import build_app
+
+    settings = ServingSettings(**_overrides(args, ["model", "host", "port", "data_dir", "kafka_bootstrap"]))
+    app = build_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=10)
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from flywheel.broker import Broker
+
+    broker = Broker(port=args.port).start()
+    print(f"broker listening on {broker.bootstrap} (pid {broker.process.pid}); topics created; Ctrl-C stops it")  # noqa: T201
+
+    def _stop(*_: object) -> None:
+        broker.stop()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        return broker.wait()
+    except KeyboardInterrupt:
+        broker.stop()
+        return 0
+
+
+def cmd_prepare_model(args: argparse.Namespace) -> int:
+    from flywheel.models import prepare_default_model
+    from flywheel.settings import CommonSettings
+
+    settings = CommonSettings(**_overrides(args, ["data_dir"]))
+    path = prepare_default_model(settings.models_dir)
+    print(path)  # noqa: T201
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flywheel", description="A chat service that learns from its users.")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    serve = verbs.add_parser("serve", help="serve the chat API (vLLM in-process)")
+    serve.add_argument("--model", help="model directory or id (default: the converted SmolLM2-135M-Instruct)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--data-dir", dest="data_dir", type=Path)
+    serve.add_argument("--kafka-bootstrap", dest="kafka_bootstrap")
+    serve.set_defaults(func=cmd_serve)
+
+    broker = verbs.add_parser("broker", help="run the local Kafka-protocol broker (Tansu) and create the topics")
+    broker.add_argument("--port", type=int, default=9092)
+    broker.set_defaults(func=cmd_broker)
+
+    prepare = verbs.add_parser("prepare-model", help="convert the default model from its GGUF (once)")
+    prepare.add_argument("--data-dir", dest="data_dir", type=Path)
+    prepare.set_defaults(func=cmd_prepare_model)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ValidationError as exc:
+        print(f"flywheel: invalid configuration:\n{exc}", file=sys.stderr)  # noqa: T201
+        return 2
+    except (ValueError, FileNotFoundError, RuntimeError, TimeoutError) as exc:
+        print(f"flywheel: {exc}", file=sys.stderr)  # noqa: T201
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

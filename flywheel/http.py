@@ -1,0 +1,117 @@
+"""ASGI middleware shared by the HTTP services: body-size limit and request metrics.
+
+Pure ASGI (not BaseHTTPMiddleware) so streamed responses are measured to their last byte
+and are not buffered.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from prometheus_client import Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+_BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+
+class RequestGuard:
+    """Refuses bodies over `max_body_bytes` with 413 and records requests by route and status."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        requests: Counter,
+        latency: Histogram,
+        in_flight: Gauge,
+    ) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.requests = requests
+        self.latency = latency
+        self.in_flight = in_flight
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        self.in_flight.inc()
+        try:
+            if scope["method"] in _BODY_METHODS:
+                body = await self._read_body(scope, receive)
+                if body is None:
+                    await self._too_large(send_wrapper)
+                    return
+                receive = _replay(body, receive)
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.in_flight.dec()
+            route = scope.get("route")
+            label = getattr(route, "path", None) or "unmatched"
+            self.requests.labels(label, scope["method"], str(status["code"])).inc()
+            self.latency.labels(label).observe(time.perf_counter() - started)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    if int(value) > self.max_body_bytes:
+                        return None
+                except ValueError:
+                    pass
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+    async def _too_large(self, send: Send) -> None:
+        body = json.dumps(
+            {
+                "error": {
+                    "message": f"request body is larger than {self.max_body_bytes} bytes",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "request_too_large",
+                }
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

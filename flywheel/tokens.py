@@ -1,0 +1,84 @@
+"""Feedback tokens: proof that a user was served a choice, checkable without a database.
+
+Serving signs (completion id, choice index, choice count, user id, policy version) with a
+secret it shares with the feedback service; the feedback service verifies the signature and
+that the claims match the request. Tokens are opaque strings to clients.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from dataclasses import asdict, dataclass
+
+_PREFIX = "fw1"
+
+
+class InvalidFeedbackToken(ValueError):
+    """The token is malformed, forged or altered."""
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    completion_id: str
+    choice_index: int
+    choice_count: int
+    user_id: str
+    policy_version: str
+    issued_at: int
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class FeedbackToken:
+    """Signs and verifies feedback tokens with one HMAC-SHA256 key."""
+
+    def __init__(self, secret: str) -> None:
+        if not secret:
+            raise ValueError("the feedback token secret must not be empty")
+        self._key = secret.encode("utf-8")
+
+    def _sign(self, payload: str) -> str:
+        return _b64(hmac.new(self._key, payload.encode("ascii"), hashlib.sha256).digest())
+
+    def issue(
+        self,
+        completion_id: str,
+        choice_index: int,
+        choice_count: int,
+        user_id: str,
+        policy_version: str,
+        issued_at: int | None = None,
+    ) -> str:
+        claims = TokenClaims(
+            completion_id=completion_id,
+            choice_index=choice_index,
+            choice_count=choice_count,
+            user_id=user_id,
+            policy_version=policy_version,
+            issued_at=int(time.time()) if issued_at is None else issued_at,
+        )
+        payload = _b64(json.dumps(asdict(claims), separators=(",", ":")).encode("utf-8"))
+        return f"{_PREFIX}.{payload}.{self._sign(payload)}"
+
+    def verify(self, token: str) -> TokenClaims:
+        """Return the token's claims, or raise InvalidFeedbackToken."""
+        parts = token.split(".") if isinstance(token, str) else []
+        if len(parts) != 3 or parts[0] != _PREFIX:
+            raise InvalidFeedbackToken("feedback_token is malformed")
+        _, payload, signature = parts
+        if not hmac.compare_digest(self._sign(payload), signature):
+            raise InvalidFeedbackToken("feedback_token signature does not match")
+        try:
+            return TokenClaims(**json.loads(_unb64(payload)))
+        except (ValueError, TypeError) as exc:
+            raise InvalidFeedbackToken("feedback_token payload is malformed") from exc

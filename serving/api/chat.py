@@ -1,0 +1,67 @@
+"""HTTP routes of the chat path: parse, call ChatService, map the result. No logic here."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import StreamingResponse
+
+from flywheel.auth import Unauthorized, resolve_user
+from serving.chat import ChatService
+from serving.errors import APIError, error_body
+from serving.protocol import ChatCompletionRequest, ChatCompletionResponse, ErrorResponse, ModelCard, ModelList
+
+router = APIRouter()
+
+_ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
+
+
+def chat_service(request: Request) -> ChatService:
+    service = getattr(request.app.state, "chat", None)
+    if service is None:
+        raise APIError(503, "the model is still loading", type_="service_unavailable", code="not_ready")
+    return service
+
+
+def user_id(request: Request, authorization: str | None, hint: str | None) -> str:
+    state = request.app.state
+    client = request.client.host if request.client else None
+    try:
+        return resolve_user(authorization, state.api_keys, state.settings.allow_anonymous, hint or client)
+    except Unauthorized as exc:
+        raise APIError(401, str(exc), type_="authentication_error", code="invalid_api_key") from None
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=_ERRORS)
+async def create_chat_completion(
+    body: ChatCompletionRequest,
+    request: Request,
+    authorization: str | None = Header(default=None),
+):
+    service = chat_service(request)
+    prepared = service.prepare(body, user_id(request, authorization, body.user), stream=body.stream)
+    if body.stream:
+        return StreamingResponse(
+            service.stream(prepared),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    return await service.complete(prepared)
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def list_models(request: Request) -> ModelList:
+    state = request.app.state
+    router_ = state.policy_router
+    return ModelList(
+        data=[
+            ModelCard(
+                id=state.settings.served_model_name,
+                created=state.started_at,
+                root=state.model_path,
+                policy_version=router_.stable.version,
+            )
+        ]
+    )
+
+
+__all__ = ["error_body", "router"]

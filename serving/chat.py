@@ -1,0 +1,365 @@
+"""ChatService: turns an OpenAI chat request into vLLM generation and a Completion event.
+
+Takes its engine, tokenizer, policy router, token signer, event publisher and metrics as
+constructor arguments; knows nothing about HTTP. Every finished response (streamed or not)
+publishes exactly one Completion event, stamped with the policy version that produced it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from vllm import SamplingParams
+from vllm.inputs import TokensPrompt
+from vllm.outputs import CompletionOutput, RequestOutput
+from vllm.sampling_params import RequestOutputKind
+from vllm.v1.engine.async_llm import AsyncLLM
+
+from flywheel.events import SCHEMA_VERSION, new_event_id, timestamp_now
+from flywheel.publisher import BufferedPublisher
+from flywheel.settings import ServingSettings
+from flywheel.tokens import FeedbackToken
+from flywheel.v1 import events_pb2
+from serving.errors import APIError
+from serving.metrics import ServingMetrics
+from serving.policy import PolicyRouter, ServedPolicy, UnknownPolicyVersion
+from serving.protocol import (
+    AssistantMessage,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    Choice,
+    ChoiceLogprobs,
+    DeltaMessage,
+    StreamChoice,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _ChoiceState:
+    """What one choice has produced so far (streamed deltas are accumulated here)."""
+
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    token_logprobs: list[float] = field(default_factory=list)
+    finish_reason: str | None = None
+    started: bool = False
+
+
+@dataclass
+class _Prepared:
+    completion_id: str
+    user_id: str
+    policy: ServedPolicy
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    request: ChatCompletionRequest
+    model_name: str
+    created: int
+    started_at: float
+    choices: dict[int, _ChoiceState]
+    first_token_at: float | None = None
+
+
+class ChatService:
+    def __init__(
+        self,
+        engine: AsyncLLM,
+        tokenizer,
+        settings: ServingSettings,
+        router: PolicyRouter,
+        tokens: FeedbackToken,
+        publisher: BufferedPublisher | None,
+        metrics: ServingMetrics,
+    ) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.router = router
+        self.tokens = tokens
+        self.publisher = publisher
+        self.metrics = metrics
+
+    # -- preparation: every check that can fail happens before generation starts
+
+    def _prompt_ids(self, request: ChatCompletionRequest) -> list[int]:
+        messages = [{"role": m.role, "content": m.text()} for m in request.messages]
+        if all(not m["content"].strip() for m in messages):
+            raise APIError(400, "messages must contain some non-empty content", param="messages", code="empty_messages")
+        if request.messages[-1].role == "assistant":
+            raise APIError(
+                400, "the last message must not be from the assistant", param="messages", code="invalid_value"
+            )
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def _check_limits(self, request: ChatCompletionRequest) -> None:
+        s = self.settings
+        if request.n > s.max_n:
+            raise APIError(400, f"n must be at most {s.max_n}, got {request.n}", param="n", code="n_too_large")
+        if len(request.messages) > s.max_messages:
+            raise APIError(400, f"at most {s.max_messages} messages per request", param="messages")
+        max_tokens = request.requested_max_tokens()
+        if max_tokens is not None and max_tokens > s.max_tokens_limit:
+            raise APIError(
+                400,
+                f"max_tokens must be at most {s.max_tokens_limit}, got {max_tokens}",
+                param="max_tokens",
+                code="max_tokens_too_large",
+            )
+        if request.top_logprobs is not None:
+            if not request.logprobs:
+                raise APIError(400, "top_logprobs requires logprobs=true", param="top_logprobs")
+            if request.top_logprobs > s.max_top_logprobs:
+                raise APIError(
+                    400, f"top_logprobs must be at most {s.max_top_logprobs}", param="top_logprobs"
+                )
+
+    def prepare(self, request: ChatCompletionRequest, user_id: str, stream: bool) -> _Prepared:
+        self._check_limits(request)
+        try:
+            policy = self.router.pick_version(user_id, request.policy_version)
+        except UnknownPolicyVersion as exc:
+            raise APIError(404, str(exc), param="policy_version", code="policy_version_not_found") from None
+        prompt_ids = self._prompt_ids(request)
+        room = self.settings.max_model_len - len(prompt_ids)
+        max_tokens = request.requested_max_tokens()
+        if room < 1 or (max_tokens is not None and max_tokens > room):
+            raise APIError(
+                400,
+                f"this model's maximum context length is {self.settings.max_model_len} tokens; the "
+                f"messages use {len(prompt_ids)} and {max_tokens or 1} more were requested",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        if max_tokens is None:
+            max_tokens = min(self.settings.default_max_tokens, room)
+        sampling = SamplingParams(
+            n=request.n,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            max_tokens=max_tokens,
+            stop=request.stop_list() or None,
+            seed=request.seed,
+            presence_penalty=request.presence_penalty,
+            frequency_penalty=request.frequency_penalty,
+            logprobs=(request.top_logprobs or 0) if request.logprobs else None,
+            output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
+        )
+        return _Prepared(
+            completion_id=f"chatcmpl-{uuid.uuid4().hex}",
+            user_id=user_id,
+            policy=policy,
+            prompt_ids=prompt_ids,
+            sampling=sampling,
+            request=request,
+            model_name=request.model or self.settings.served_model_name,
+            created=int(time.time()),
+            started_at=time.perf_counter(),
+            choices={i: _ChoiceState(index=i) for i in range(request.n)},
+        )
+
+    # -- generation
+
+    def _generate(self, prep: _Prepared) -> AsyncIterator[RequestOutput]:
+        return self.engine.generate(
+            TokensPrompt(prompt_token_ids=prep.prompt_ids),
+            prep.sampling,
+            prep.completion_id,
+            lora_request=prep.policy.lora,
+        )
+
+    def _absorb(self, prep: _Prepared, output: CompletionOutput) -> tuple[_ChoiceState, ChoiceLogprobs | None]:
+        state = prep.choices[output.index]
+        if prep.first_token_at is None and output.token_ids:
+            prep.first_token_at = time.perf_counter()
+            self.metrics.ttft.labels(prep.policy.version).observe(prep.first_token_at - prep.started_at)
+        state.text += output.text
+        state.token_ids.extend(output.token_ids)
+        logprobs = None
+        if output.logprobs is not None and prep.request.logprobs:
+            logprobs = self._logprobs(output, prep.request.top_logprobs or 0)
+            state.token_logprobs.extend(entry.logprob for entry in logprobs.content or [])
+        if output.finish_reason is not None:
+            state.finish_reason = output.finish_reason
+        return state, logprobs
+
+    def _logprobs(self, output: CompletionOutput, top: int) -> ChoiceLogprobs:
+        content = []
+        for token_id, candidates in zip(output.token_ids, output.logprobs or [], strict=False):
+            chosen = candidates[token_id]
+            ranked = sorted(candidates.items(), key=lambda item: item[1].rank or 0)[:top]
+            content.append(
+                TokenLogprob(
+                    token=self._token_text(token_id, chosen.decoded_token),
+                    logprob=max(chosen.logprob, -9999.0),
+                    bytes=list(self._token_text(token_id, chosen.decoded_token).encode("utf-8")),
+                    top_logprobs=[
+                        TopLogprob(
+                            token=self._token_text(tid, lp.decoded_token),
+                            logprob=max(lp.logprob, -9999.0),
+                            bytes=list(self._token_text(tid, lp.decoded_token).encode("utf-8")),
+                        )
+                        for tid, lp in ranked
+                    ],
+                )
+            )
+        return ChoiceLogprobs(content=content)
+
+    def _token_text(self, token_id: int, decoded: str | None) -> str:
+        return decoded if decoded is not None else self.tokenizer.decode([token_id])
+
+    def _feedback_token(self, prep: _Prepared, index: int) -> str:
+        return self.tokens.issue(
+            prep.completion_id, index, prep.request.n, prep.user_id, prep.policy.version
+        )
+
+    async def complete(self, prep: _Prepared) -> ChatCompletionResponse:
+        final: RequestOutput | None = None
+        logprobs: dict[int, ChoiceLogprobs | None] = {}
+        try:
+            async for final in self._generate(prep):
+                for output in final.outputs:
+                    _, logprobs[output.index] = self._absorb(prep, output)
+        except BaseException:
+            self._finish(prep, outcome="aborted")
+            raise
+        choices = [
+            Choice(
+                index=state.index,
+                message=AssistantMessage(content=state.text),
+                finish_reason=state.finish_reason,
+                logprobs=logprobs.get(state.index),
+                feedback_token=self._feedback_token(prep, state.index),
+            )
+            for state in prep.choices.values()
+        ]
+        usage = self._finish(prep, outcome="completed")
+        return ChatCompletionResponse(
+            id=prep.completion_id,
+            created=prep.created,
+            model=prep.model_name,
+            choices=choices,
+            usage=usage,
+            policy_version=prep.policy.version,
+        )
+
+    async def stream(self, prep: _Prepared) -> AsyncIterator[str]:
+        """Server-sent events: one chunk per delta, `data: [DONE]` last."""
+        include_usage = bool(prep.request.stream_options and prep.request.stream_options.include_usage)
+        completed = False
+        try:
+            async for output in self._generate(prep):
+                for piece in output.outputs:
+                    state, logprobs = self._absorb(prep, piece)
+                    delta = DeltaMessage(content=piece.text)
+                    token = None
+                    if not state.started:
+                        state.started = True
+                        delta.role = "assistant"
+                        token = self._feedback_token(prep, state.index)
+                    if state.finish_reason is not None:
+                        token = self._feedback_token(prep, state.index)
+                    choice = StreamChoice(
+                        index=state.index,
+                        delta=delta,
+                        finish_reason=state.finish_reason,
+                        logprobs=logprobs,
+                        feedback_token=token,
+                    )
+                    yield self._sse(self._chunk(prep, [choice]))
+            completed = True
+            usage = self._finish(prep, outcome="completed")
+            if include_usage:
+                yield self._sse(self._chunk(prep, [], usage))
+            yield "data: [DONE]\n\n"
+        finally:
+            if not completed:
+                # The client went away (or the engine failed): the engine aborts the request
+                # when this generator closes; the partial response is still recorded.
+                self._finish(prep, outcome="aborted")
+
+    def _chunk(self, prep: _Prepared, choices: list[StreamChoice], usage: Usage | None = None) -> ChatCompletionChunk:
+        return ChatCompletionChunk(
+            id=prep.completion_id,
+            created=prep.created,
+            model=prep.model_name,
+            choices=choices,
+            usage=usage,
+            policy_version=prep.policy.version,
+        )
+
+    @staticmethod
+    def _sse(chunk: ChatCompletionChunk) -> str:
+        return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+
+    # -- bookkeeping once a response is over
+
+    def _finish(self, prep: _Prepared, outcome: str) -> Usage:
+        completion_tokens = sum(len(s.token_ids) for s in prep.choices.values())
+        usage = Usage(
+            prompt_tokens=len(prep.prompt_ids),
+            completion_tokens=completion_tokens,
+            total_tokens=len(prep.prompt_ids) + completion_tokens,
+        )
+        version = prep.policy.version
+        self.metrics.generated_tokens.labels(version).inc(completion_tokens)
+        self.metrics.prompt_tokens.labels(version).inc(len(prep.prompt_ids))
+        self.metrics.chat_completions.labels(version, outcome).inc()
+        if outcome == "aborted":
+            for state in prep.choices.values():
+                state.finish_reason = state.finish_reason or "abort"
+        if self.publisher is not None:
+            event = self._completion_event(prep, usage)
+            self.publisher.publish(prep.completion_id, event.SerializeToString())
+        return usage
+
+    def _completion_event(self, prep: _Prepared, usage: Usage) -> events_pb2.Completion:
+        request = prep.request
+        sampling = events_pb2.SamplingParameters(
+            temperature=request.temperature,
+            top_p=request.top_p,
+            max_tokens=prep.sampling.max_tokens or 0,
+            stop=request.stop_list(),
+            n=request.n,
+            logprobs=request.logprobs,
+            top_logprobs=request.top_logprobs or 0,
+        )
+        if request.seed is not None:
+            sampling.seed = request.seed
+        return events_pb2.Completion(
+            event_id=new_event_id(),
+            created_at=timestamp_now(),
+            schema_version=SCHEMA_VERSION,
+            completion_id=prep.completion_id,
+            user_id=prep.user_id,
+            policy_version=prep.policy.version,
+            model=prep.model_name,
+            messages=[events_pb2.ChatMessage(role=m.role, content=m.text()) for m in request.messages],
+            choices=[
+                events_pb2.CompletionChoice(
+                    index=s.index,
+                    text=s.text,
+                    finish_reason=s.finish_reason or "",
+                    token_ids=s.token_ids,
+                    token_logprobs=s.token_logprobs,
+                )
+                for s in prep.choices.values()
+            ],
+            sampling=sampling,
+            prompt_token_ids=prep.prompt_ids,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            stream=request.stream,
+            latency_seconds=time.perf_counter() - prep.started_at,
+        )

@@ -1,0 +1,135 @@
+"""Shared fixtures: the real broker, a tiny random model, a running serving process.
+
+Everything starts once per session and is stopped by PID (process groups), so a failed
+test run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from flywheel.broker import Broker
+from flywheel.models import build_tiny_model
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_SECRET = "test-secret-not-for-production"
+TEST_API_KEY = "test-key-alice"
+TEST_USER = "alice"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Tests that restart shared parts (the broker) run last, so they cannot disturb others.
+    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "disruptive: restarts shared components; runs last")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def broker() -> Broker:
+    broker = Broker(port=free_port()).start()
+    yield broker
+    broker.stop()
+
+
+@dataclass
+class RunningServer:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+    env: dict[str, str]
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def start_process(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    log = open(log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
+    return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 30) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # the engine's children, whatever happened
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout: float = 420) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"server not ready in {timeout} s:\n{log_path.read_text()[-4000:]}")
+
+
+def serving_env(tmp: Path, kafka: str, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "FLYWHEEL_DATA_DIR": str(tmp / "data"),
+            "FLYWHEEL_KAFKA_BOOTSTRAP": kafka,
+            "FLYWHEEL_FEEDBACK_TOKEN_SECRET": TEST_SECRET,
+            "FLYWHEEL_API_KEYS": f"{TEST_API_KEY}:{TEST_USER}",
+            "FLYWHEEL_MAX_MODEL_LEN": "512",
+            "FLYWHEEL_MAX_TOKENS_LIMIT": "64",
+            "FLYWHEEL_DEFAULT_MAX_TOKENS": "16",
+            "FLYWHEEL_MAX_N": "4",
+            "FLYWHEEL_MAX_BODY_BYTES": "65536",
+            "FLYWHEEL_KV_CACHE_GIB": "1",
+            "FLYWHEEL_EVENT_BUFFER_SIZE": "1000",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def serving_server(tiny_model: Path, broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> RunningServer:
+    tmp = tmp_path_factory.mktemp("serving")
+    port = free_port()
+    env = serving_env(tmp, broker.bootstrap)
+    log_path = tmp / "serving.log"
+    args = [sys.executable, "-m", "flywheel.cli", "serve", "--model", str(tiny_model), "--port", str(port)]
+    process = start_process(args, env, log_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, log_path)
+        yield RunningServer(url=url, process=process, log_path=log_path, env=env)
+    finally:
+        stop_process(process)

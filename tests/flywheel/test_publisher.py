@@ -1,0 +1,57 @@
+import time
+
+from flywheel.broker import Broker
+from flywheel.kafka import create_topics
+from flywheel.publisher import BufferedPublisher
+from tests.conftest import free_port
+from tests.kafka_helpers import consume
+
+
+def _wait(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def test_events_are_delivered_in_order(broker):
+    published = []
+    publisher = BufferedPublisher(broker.bootstrap, "flywheel.completions.v1", 100, on_published=published.append)
+    publisher.start()
+    for i in range(20):
+        assert publisher.publish("same-key", f"order-{i}".encode())
+    _wait(lambda: sum(published) == 20)
+    publisher.close()
+    records = consume(
+        broker.bootstrap, "flywheel.completions.v1", bytes, lambda r: sum(x.startswith(b"order-") for x in r) >= 20
+    )
+    ours = [r for r in records if r.startswith(b"order-")]
+    assert ours == [f"order-{i}".encode() for i in range(20)]
+
+
+def test_outage_buffers_then_drops_when_full_and_delivers_after_recovery():
+    port = free_port()
+    dropped, errors = [], []
+    publisher = BufferedPublisher(
+        f"127.0.0.1:{port}",
+        "flywheel.completions.v1",
+        capacity=5,
+        on_dropped=dropped.append,
+        on_error=lambda: errors.append(1),
+        retry_backoff_s=0.2,
+    ).start()
+    for i in range(8):
+        publisher.publish("k", f"outage-{i}".encode())
+    assert sum(dropped) == 3  # the buffer holds 5; three were refused, none blocked
+    _wait(lambda: errors)
+    assert publisher.depth == 5
+    broker = Broker(port=port).start()
+    try:
+        _wait(lambda: publisher.depth == 0, timeout=60)
+        records = consume(broker.bootstrap, "flywheel.completions.v1", bytes, lambda r: len(r) >= 5)
+        assert records == [f"outage-{i}".encode() for i in range(5)]
+    finally:
+        publisher.close()
+        broker.stop()
