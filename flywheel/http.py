@@ -13,6 +13,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
+_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 
 class RequestGuard:
@@ -57,7 +58,8 @@ class RequestGuard:
             self.in_flight.dec()
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"
-            self.requests.labels(label, scope["method"], str(status["code"])).inc()
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"  # bounded label values
+            self.requests.labels(label, method, str(status["code"])).inc()
             self.latency.labels(label).observe(time.perf_counter() - started)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:

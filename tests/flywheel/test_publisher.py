@@ -1,7 +1,6 @@
 import time
 
 from flywheel.broker import Broker
-from flywheel.kafka import create_topics
 from flywheel.publisher import BufferedPublisher
 from tests.conftest import free_port
 from tests.kafka_helpers import consume
