@@ -45,9 +45,7 @@ def load_gguf_model(dtype=None):
     from transformers import AutoModelForCausalLM
 
     path = gguf_path()
-    return AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=dtype or torch.bfloat16
-    )
+    return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype or torch.bfloat16)
 
 
 def is_prepared(model_dir: Path) -> bool:

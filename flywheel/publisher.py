@@ -125,9 +125,7 @@ class BufferedPublisher:
                 self._on_depth(len(self._buffer))
             self._on_published(len(batch))
             if self._failing_since is not None:
-                log.info(
-                    "publishing to %s recovered after %.1f s", self.topic, time.monotonic() - self._failing_since
-                )
+                log.info("publishing to %s recovered after %.1f s", self.topic, time.monotonic() - self._failing_since)
                 self._failing_since = None
 
     def _reset_producer(self) -> None:

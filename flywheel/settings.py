@@ -34,16 +34,12 @@ class CommonSettings(BaseSettings):
     )
     data_dir: Path = Field(Path(".flywheel"), description="Converted models, store, SQLite, logs.")
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
-    feedback_token_secret: str = Field(
-        PLACEHOLDER_SECRET, description="HMAC key shared by serving and feedback."
-    )
+    feedback_token_secret: str = Field(PLACEHOLDER_SECRET, description="HMAC key shared by serving and feedback.")
     api_keys: str = Field(
         "",
         description="Comma-separated 'key:user_id' pairs; a Bearer key maps to its user id.",
     )
-    allow_anonymous: bool = Field(
-        True, description="Serve requests without a known API key under an anonymous id."
-    )
+    allow_anonymous: bool = Field(True, description="Serve requests without a known API key under an anonymous id.")
 
     @model_validator(mode="after")
     def _check_placeholder_secrets(self) -> CommonSettings:

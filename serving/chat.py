@@ -121,9 +121,7 @@ class ChatService:
             if not request.logprobs:
                 raise APIError(400, "top_logprobs requires logprobs=true", param="top_logprobs")
             if request.top_logprobs > s.max_top_logprobs:
-                raise APIError(
-                    400, f"top_logprobs must be at most {s.max_top_logprobs}", param="top_logprobs"
-                )
+                raise APIError(400, f"top_logprobs must be at most {s.max_top_logprobs}", param="top_logprobs")
 
     def prepare(self, request: ChatCompletionRequest, user_id: str, stream: bool) -> _Prepared:
         self._check_limits(request)
@@ -220,9 +218,7 @@ class ChatService:
         return decoded if decoded is not None else self.tokenizer.decode([token_id])
 
     def _feedback_token(self, prep: _Prepared, index: int) -> str:
-        return self.tokens.issue(
-            prep.completion_id, index, prep.request.n, prep.user_id, prep.policy.version
-        )
+        return self.tokens.issue(prep.completion_id, index, prep.request.n, prep.user_id, prep.policy.version)
 
     async def complete(self, prep: _Prepared) -> ChatCompletionResponse:
         final: RequestOutput | None = None

@@ -87,7 +87,9 @@ def test_streaming_with_n_two_assembles_both_choices_and_usage(client):
     assert set(tokens) == {0, 1}
     assert usage is not None and usage.completion_tokens > 0
     # The streamed answer equals the non-streamed one for the same seed.
-    same = client.chat.completions.create(model="flywheel", messages=MESSAGES, max_tokens=10, n=2, temperature=0.8, seed=11)
+    same = client.chat.completions.create(
+        model="flywheel", messages=MESSAGES, max_tokens=10, n=2, temperature=0.8, seed=11
+    )
     assert [c.message.content for c in same.choices] == [texts[0], texts[1]]
 
 
@@ -119,7 +121,9 @@ def test_stop_sequence_ends_the_answer(client):
     free = client.chat.completions.create(model="flywheel", messages=MESSAGES, max_tokens=16, temperature=0)
     text = free.choices[0].message.content
     stop = text.strip().split()[1] if len(text.strip().split()) > 1 else text.strip()[:2]
-    stopped = client.chat.completions.create(model="flywheel", messages=MESSAGES, max_tokens=16, temperature=0, stop=[stop])
+    stopped = client.chat.completions.create(
+        model="flywheel", messages=MESSAGES, max_tokens=16, temperature=0, stop=[stop]
+    )
     assert stop not in stopped.choices[0].message.content
     assert stopped.choices[0].finish_reason == "stop"
     assert text.startswith(stopped.choices[0].message.content)

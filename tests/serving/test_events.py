@@ -20,13 +20,21 @@ def test_each_response_publishes_one_completion_event(serving_server, broker):
     headers = {"Authorization": f"Bearer {TEST_API_KEY}"}
     plain = httpx.post(
         url,
-        json={"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}],
-              "max_tokens": 6, "n": 2, "temperature": 0.7, "seed": 5, "logprobs": True},
+        json={
+            "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}],
+            "max_tokens": 6,
+            "n": 2,
+            "temperature": 0.7,
+            "seed": 5,
+            "logprobs": True,
+        },
         headers=headers,
         timeout=60,
     ).json()
     with httpx.stream(
-        "POST", url, json={"messages": [{"role": "user", "content": "stream me"}], "max_tokens": 5, "stream": True},
+        "POST",
+        url,
+        json={"messages": [{"role": "user", "content": "stream me"}], "max_tokens": 5, "stream": True},
         timeout=60,
     ) as response:
         streamed_id = None
@@ -35,9 +43,7 @@ def test_each_response_publishes_one_completion_event(serving_server, broker):
                 streamed_id = httpx.Response(200, content=line[6:]).json()["id"]
 
     wanted = {plain["id"], streamed_id}
-    events = consume(
-        broker.bootstrap, TOPIC_COMPLETIONS, _decode, lambda evs: wanted <= {e.completion_id for e in evs}
-    )
+    events = consume(broker.bootstrap, TOPIC_COMPLETIONS, _decode, lambda evs: wanted <= {e.completion_id for e in evs})
     by_id = {}
     for event in events:
         by_id.setdefault(event.completion_id, []).append(event)

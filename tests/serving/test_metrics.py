@@ -29,8 +29,14 @@ def test_metrics_follow_traffic(serving_server):
     route = "/v1/chat/completions"
     ok = {"route": route, "method": "POST", "status": "200"}
     bad = {"route": route, "method": "POST", "status": "400"}
-    assert value(after, "flywheel_serving_requests_total", **ok) == value(before, "flywheel_serving_requests_total", **ok) + 1
-    assert value(after, "flywheel_serving_requests_total", **bad) == value(before, "flywheel_serving_requests_total", **bad) + 1
+    assert (
+        value(after, "flywheel_serving_requests_total", **ok)
+        == value(before, "flywheel_serving_requests_total", **ok) + 1
+    )
+    assert (
+        value(after, "flywheel_serving_requests_total", **bad)
+        == value(before, "flywheel_serving_requests_total", **bad) + 1
+    )
     tokens = "flywheel_serving_generated_tokens_total"
     assert value(after, tokens, policy_version="base") - value(before, tokens, policy_version="base") == 5
     assert value(after, "flywheel_serving_request_latency_seconds_count", route=route) >= 2
