@@ -25,6 +25,7 @@ def _setup_logging(level: str) -> None:
     )
     # kafka-python logs every failed connection attempt; our publishers report outages once.
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _overrides(args: argparse.Namespace, names: Sequence[str]) -> dict[str, object]:
@@ -50,15 +51,15 @@ def cmd_broker(args: argparse.Namespace) -> int:
     print(f"broker listening on {broker.bootstrap} (pid {broker.process.pid}); topics created; Ctrl-C stops it")  # noqa: T201
 
     def _stop(*_: object) -> None:
-        broker.stop()
-        sys.exit(0)
+        raise SystemExit(0)  # unwinds out of wait(); stopping inside the handler would deadlock
 
     signal.signal(signal.SIGTERM, _stop)
     try:
         return broker.wait()
     except KeyboardInterrupt:
-        broker.stop()
         return 0
+    finally:
+        broker.stop()
 
 
 def cmd_prepare_model(args: argparse.Namespace) -> int:
@@ -69,6 +70,44 @@ def cmd_prepare_model(args: argparse.Namespace) -> int:
     path = prepare_default_model(settings.models_dir)
     print(path)  # noqa: T201
     return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from flywheel.models import resolve_model
+    from flywheel.settings import ServingSettings
+    from flywheel.supervisor import Child, Supervisor, http_ready, python_cli, tcp_ready
+
+    settings = ServingSettings(**_overrides(args, ["model", "data_dir"]))
+    data_dir = settings.data_dir.resolve()
+    model = resolve_model(settings.model, data_dir / "models")  # converts the default once, with progress
+    kafka = f"127.0.0.1:{args.broker_port}"
+    serving_url = f"http://127.0.0.1:{args.serving_port}"
+    env = {"FLYWHEEL_DATA_DIR": str(data_dir), "FLYWHEEL_KAFKA_BOOTSTRAP": kafka}
+    children = [
+        Child(
+            "broker",
+            python_cli("broker", "--port", str(args.broker_port)),
+            tcp_ready("127.0.0.1", args.broker_port),
+            kafka,
+            env,
+        ),
+        Child(
+            "serving",
+            python_cli("serve", "--model", model, "--port", str(args.serving_port)),
+            http_ready(f"{serving_url}/readyz"),
+            serving_url,
+            env,
+        ),
+    ]
+
+    def announce() -> None:
+        print(  # noqa: T201
+            f"\nFlywheel is up.\n  chat API:  {serving_url}/v1/chat/completions\n"
+            f"  metrics:   {serving_url}/metrics\n  Kafka:     {kafka}\n"
+            f"  logs:      {data_dir / 'logs'}\nCtrl-C stops everything."
+        )
+
+    return Supervisor(children, data_dir / "logs").run(on_ready=announce)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     broker = verbs.add_parser("broker", help="run the local Kafka-protocol broker (Tansu) and create the topics")
     broker.add_argument("--port", type=int, default=9092)
     broker.set_defaults(func=cmd_broker)
+
+    up = verbs.add_parser("up", help="run the whole system on this machine (what `make run` calls)")
+    up.add_argument("--model", help="model directory or id (default: the converted SmolLM2-135M-Instruct)")
+    up.add_argument("--data-dir", dest="data_dir", type=Path)
+    up.add_argument("--serving-port", type=int, default=8000)
+    up.add_argument("--broker-port", type=int, default=9092)
+    up.set_defaults(func=cmd_up)
 
     prepare = verbs.add_parser("prepare-model", help="convert the default model from its GGUF (once)")
     prepare.add_argument("--data-dir", dest="data_dir", type=Path)

@@ -40,12 +40,21 @@ def load_gguf_tokenizer():
 
 
 def load_gguf_model(dtype=None):
-    """The default policy as transformers loads it straight from the GGUF (dequantised)."""
+    """The default policy as transformers loads it straight from the GGUF, dequantised.
+
+    Without `dequantize=True` transformers keeps the weights in GGUF blocks, which cannot be
+    saved as safetensors.
+    """
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, GgufConfig
 
     path = gguf_path()
-    return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype or torch.bfloat16)
+    return AutoModelForCausalLM.from_pretrained(
+        str(path.parent),
+        gguf_file=path.name,
+        dtype=dtype or torch.bfloat16,
+        quantization_config=GgufConfig(dequantize=True),
+    )
 
 
 def is_prepared(model_dir: Path) -> bool:
@@ -55,7 +64,9 @@ def is_prepared(model_dir: Path) -> bool:
 def _publish_dir(tmp: Path, target: Path) -> None:
     """Move a fully written directory into place; readers never see a partial model."""
     (tmp / _COMPLETE_MARKER).write_text("ok\n")
+    tmp.chmod(0o755)  # mkdtemp makes it private; replicas and other users read models
     for path in tmp.iterdir():
+        path.chmod(0o644)
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
     if target.exists():

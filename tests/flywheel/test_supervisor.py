@@ -1,0 +1,52 @@
+"""`flywheel up` starts the system, serves, and stops cleanly: no process left behind."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import free_port, serving_env
+
+pytestmark = pytest.mark.engine
+
+
+def test_up_serves_and_stops_without_orphans(tiny_model, tmp_path):
+    serving_port, broker_port = free_port(), free_port()
+    env = serving_env(tmp_path, f"127.0.0.1:{broker_port}")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "flywheel.cli", "up", "--model", str(tiny_model),
+         "--serving-port", str(serving_port), "--broker-port", str(broker_port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{serving_port}"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            assert up.poll() is None, up.stdout.read()
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        response = httpx.post(
+            f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+        )
+        assert response.status_code == 200
+        family = psutil.Process(up.pid).children(recursive=True)
+        names = " ".join(" ".join(p.cmdline()) for p in family)
+        assert "tansu" in names and "serve" in names and len(family) >= 4  # broker, tansu, serving, engine
+        up.send_signal(signal.SIGTERM)
+        output, _ = up.communicate(timeout=60)
+        assert up.returncode == 0, output
+        assert "all processes stopped" in output
+        time.sleep(1)
+        alive = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert alive == [], [p.cmdline() for p in alive]
+    finally:
+        if up.poll() is None:
+            up.kill()
