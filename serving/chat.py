@@ -151,6 +151,7 @@ class ChatService:
             seed=request.seed,
             presence_penalty=request.presence_penalty,
             frequency_penalty=request.frequency_penalty,
+            ignore_eos=request.ignore_eos,
             logprobs=(request.top_logprobs or 0) if request.logprobs else None,
             output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
         )

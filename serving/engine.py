@@ -10,26 +10,34 @@ from flywheel.settings import ServingSettings
 log = logging.getLogger(__name__)
 
 
-def build_engine(settings: ServingSettings, model_path: str):
-    """Start AsyncLLM (front end here, EngineCore and worker in child processes)."""
+def engine_kwargs(settings: ServingSettings, model_path: str) -> dict:
+    """Engine arguments shared by the server and the offline benchmark (same engine, same config)."""
+    return {
+        "model": model_path,
+        "served_model_name": settings.served_model_name,
+        "dtype": "bfloat16",
+        "max_model_len": settings.max_model_len,
+        "enforce_eager": settings.enforce_eager,
+        "enable_lora": settings.enable_lora,
+        "max_loras": settings.max_loras,
+        "max_lora_rank": settings.max_lora_rank,
+        "max_num_seqs": settings.max_num_seqs,
+        "gpu_memory_utilization": settings.gpu_memory_utilization,
+    }
+
+
+def set_engine_environment(settings: ServingSettings) -> None:
     # vLLM reads its CPU cache size from the environment; set it before the engine starts.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
+
+
+def build_engine(settings: ServingSettings, model_path: str):
+    """Start AsyncLLM (front end here, EngineCore and worker in child processes)."""
+    set_engine_environment(settings)
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    args = AsyncEngineArgs(
-        model=model_path,
-        served_model_name=settings.served_model_name,
-        dtype="bfloat16",
-        max_model_len=settings.max_model_len,
-        enforce_eager=settings.enforce_eager,
-        enable_lora=settings.enable_lora,
-        max_loras=settings.max_loras,
-        max_lora_rank=settings.max_lora_rank,
-        max_num_seqs=settings.max_num_seqs,
-        gpu_memory_utilization=settings.gpu_memory_utilization,
-        disable_log_stats=False,
-    )
+    args = AsyncEngineArgs(**engine_kwargs(settings, model_path), disable_log_stats=False)
     log.info(
         "starting vLLM engine for %s (eager=%s, lora=%s)", model_path, settings.enforce_eager, settings.enable_lora
     )

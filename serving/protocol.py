@@ -55,6 +55,7 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: Annotated[str, Field(max_length=256)] | None = None
+    ignore_eos: bool = Field(False, description="vLLM extension: keep generating past end-of-sequence.")
     policy_version: Annotated[str, Field(min_length=1, max_length=128)] | None = Field(
         None, description="Flywheel: pin a policy version (evaluation)."
     )
