@@ -31,8 +31,9 @@ def resolve_user(
     """Map a request's credentials to a user id.
 
     A known Bearer key gives its user. Otherwise, in anonymous mode, the caller gets
-    `anon-<hash>` of the key it sent or, without one, of the hint (e.g. the OpenAI `user`
-    field or its address): stable across requests, so canary routing stays sticky.
+    `anon-<hash>` of the key it sent or, without one, of the hint (its address): stable
+    across requests and the same in serving and feedback, so canary routing stays sticky
+    and the feedback service sees the user its token names.
     """
     key = bearer_key(authorization)
     if key is not None and key in api_keys:

@@ -44,6 +44,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_feedback(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from feedback.app import build_app
+    from flywheel.settings import FeedbackSettings
+
+    settings = FeedbackSettings(**_overrides(args, ["host", "port", "grpc_port", "data_dir", "kafka_bootstrap"]))
+    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level="warning",
+                timeout_graceful_shutdown=10)  # fmt: skip
+    return 0
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     from flywheel.broker import Broker
 
@@ -122,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", dest="data_dir", type=Path)
     serve.add_argument("--kafka-bootstrap", dest="kafka_bootstrap")
     serve.set_defaults(func=cmd_serve)
+
+    feedback = verbs.add_parser("feedback", help="serve the feedback API (REST and gRPC)")
+    feedback.add_argument("--host")
+    feedback.add_argument("--port", type=int)
+    feedback.add_argument("--grpc-port", dest="grpc_port", type=int)
+    feedback.add_argument("--data-dir", dest="data_dir", type=Path)
+    feedback.add_argument("--kafka-bootstrap", dest="kafka_bootstrap")
+    feedback.set_defaults(func=cmd_feedback)
 
     broker = verbs.add_parser("broker", help="run the local Kafka-protocol broker (Tansu) and create the topics")
     broker.add_argument("--port", type=int, default=9092)

@@ -26,9 +26,11 @@ class RequestGuard:
         requests: Counter,
         latency: Histogram,
         in_flight: Gauge,
+        path_limits: dict[str, int] | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.path_limits = path_limits or {}
         self.requests = requests
         self.latency = latency
         self.in_flight = in_flight
@@ -48,9 +50,10 @@ class RequestGuard:
         self.in_flight.inc()
         try:
             if scope["method"] in _BODY_METHODS:
-                body = await self._read_body(scope, receive)
+                limit = self.path_limits.get(scope["path"], self.max_body_bytes)
+                body = await self._read_body(scope, receive, limit)
                 if body is None:
-                    await self._too_large(send_wrapper)
+                    await self._too_large(send_wrapper, limit)
                     return
                 receive = _replay(body, receive)
             await self.app(scope, receive, send_wrapper)
@@ -62,11 +65,11 @@ class RequestGuard:
             self.requests.labels(label, method, str(status["code"])).inc()
             self.latency.labels(label).observe(time.perf_counter() - started)
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
+    async def _read_body(self, scope: Scope, receive: Receive, limit: int) -> bytes | None:
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
-                    if int(value) > self.max_body_bytes:
+                    if int(value) > limit:
                         return None
                 except ValueError:
                     pass
@@ -78,18 +81,18 @@ class RequestGuard:
                 break
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body_bytes:
+            if size > limit:
                 return None
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
 
-    async def _too_large(self, send: Send) -> None:
+    async def _too_large(self, send: Send, limit: int) -> None:
         body = json.dumps(
             {
                 "error": {
-                    "message": f"request body is larger than {self.max_body_bytes} bytes",
+                    "message": f"request body is larger than {limit} bytes",
                     "type": "invalid_request_error",
                     "param": None,
                     "code": "request_too_large",

@@ -50,8 +50,10 @@ def make_consumer(bootstrap: str, group_id: str | None, topics: Iterable[str], *
     return KafkaConsumer(*topics, **options)
 
 
-def create_topics(bootstrap: str, topics: Iterable[str] = TOPICS, partitions: int = 1, timeout_s: float = 30.0) -> None:
-    """Create the topics by an admin call, retrying until the broker answers."""
+def create_topics(
+    bootstrap: str, topics: Iterable[str] = TOPICS, partitions: int = 1, timeout_s: float = 30.0
+) -> list[str]:
+    """Create the missing topics by an admin call, retrying until the broker answers; return them."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -74,5 +76,6 @@ def create_topics(bootstrap: str, topics: Iterable[str] = TOPICS, partitions: in
             except TopicAlreadyExistsError:
                 pass
             log.info("created topics %s", [t.name for t in wanted])
+        return [t.name for t in wanted]
     finally:
         admin.close()

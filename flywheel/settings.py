@@ -101,3 +101,41 @@ class ServingSettings(CommonSettings):
 
 def load_serving_settings(**overrides: object) -> ServingSettings:
     return ServingSettings(**overrides)  # type: ignore[arg-type]
+
+
+class FeedbackSettings(CommonSettings):
+    """The feedback path: API limits, the durable outbox and its relay to Kafka."""
+
+    host: str = "127.0.0.1"
+    port: int = 8001
+    grpc_port: int = 50051
+    admin_key: str = Field(PLACEHOLDER_SECRET, description="Bearer key for the admin (import) routes.")
+    max_body_bytes: int = Field(65_536, description="Largest feedback request body.")
+    max_import_body_bytes: int = Field(50_000_000, description="Largest preference-import body.")
+    comment_max_chars: int = Field(2_000, description="Longest comment accepted.")
+    dimensions: str = Field("helpfulness,accuracy,safety,tone", description="Dimension names, 1..5 scores.")
+    flags: str = Field("harmful,incorrect,off_topic,unsafe,other", description="Flags a user may raise.")
+    max_idempotency_key_chars: int = 128
+    rate_limit_per_s: float = Field(50.0, description="Sustained feedback events per user per second.")
+    rate_limit_burst: int = Field(200, description="Events a user may send in one burst.")
+    outbox_max_pending: int = Field(100_000, description="Unpublished events held before answering 503.")
+    outbox_retention_hours: float = Field(24.0, description="How long published events (and keys) are kept.")
+    relay_batch: int = Field(500, description="Events per Kafka batch.")
+
+    @model_validator(mode="after")
+    def _check_admin_key(self) -> FeedbackSettings:
+        if self.env != "local" and self.admin_key == PLACEHOLDER_SECRET:
+            raise PlaceholderSecretError(
+                "FLYWHEEL_ADMIN_KEY still holds the placeholder; set a real key (only FLYWHEEL_ENV=local allows it)"
+            )
+        return self
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.data_dir / "feedback" / "outbox.sqlite"
+
+    def dimension_names(self) -> set[str]:
+        return {name.strip() for name in self.dimensions.split(",") if name.strip()}
+
+    def flag_names(self) -> set[str]:
+        return {name.strip() for name in self.flags.split(",") if name.strip()}

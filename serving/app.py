@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from flywheel.errors import register_error_handlers
 from flywheel.http import RequestGuard
 from flywheel.models import resolve_model
 from flywheel.publisher import BufferedPublisher
@@ -18,7 +19,6 @@ from flywheel.tokens import FeedbackToken
 from serving.api import chat as chat_api
 from serving.api import health as health_api
 from serving.chat import ChatService
-from serving.errors import register_error_handlers
 from serving.metrics import ServingMetrics
 from serving.policy import PolicyRouter, ServedPolicy
 

@@ -19,12 +19,12 @@ from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 
+from flywheel.errors import APIError
 from flywheel.events import SCHEMA_VERSION, new_event_id, timestamp_now
 from flywheel.publisher import BufferedPublisher
 from flywheel.settings import ServingSettings
 from flywheel.tokens import FeedbackToken
 from flywheel.v1 import events_pb2
-from serving.errors import APIError
 from serving.metrics import ServingMetrics
 from serving.policy import PolicyRouter, ServedPolicy, UnknownPolicyVersion
 from serving.protocol import (

@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_SECRET = "test-secret-not-for-production"
 TEST_API_KEY = "test-key-alice"
 TEST_USER = "alice"
+BOB_API_KEY = "test-key-bob"
+ADMIN_KEY = "test-admin-key"
 
 
 def free_port() -> int:
@@ -105,7 +107,7 @@ def serving_env(tmp: Path, kafka: str, **extra: str) -> dict[str, str]:
             "FLYWHEEL_DATA_DIR": str(tmp / "data"),
             "FLYWHEEL_KAFKA_BOOTSTRAP": kafka,
             "FLYWHEEL_FEEDBACK_TOKEN_SECRET": TEST_SECRET,
-            "FLYWHEEL_API_KEYS": f"{TEST_API_KEY}:{TEST_USER}",
+            "FLYWHEEL_API_KEYS": f"{TEST_API_KEY}:{TEST_USER},{BOB_API_KEY}:bob",
             "FLYWHEEL_MAX_MODEL_LEN": "512",
             "FLYWHEEL_MAX_TOKENS_LIMIT": "64",
             "FLYWHEEL_DEFAULT_MAX_TOKENS": "16",
@@ -133,3 +135,50 @@ def serving_server(tiny_model: Path, broker: Broker, tmp_path_factory: pytest.Te
         yield RunningServer(url=url, process=process, log_path=log_path, env=env)
     finally:
         stop_process(process)
+
+
+def feedback_env(tmp: Path, kafka: str, **extra: str) -> dict[str, str]:
+    env = serving_env(tmp, kafka)
+    env.update(
+        {
+            "FLYWHEEL_ADMIN_KEY": ADMIN_KEY,
+            "FLYWHEEL_RATE_LIMIT_PER_S": "1000",
+            "FLYWHEEL_RATE_LIMIT_BURST": "5000",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+@dataclass
+class FeedbackServer:
+    url: str
+    grpc_target: str
+    process: subprocess.Popen
+    log_path: Path
+    args: list[str]
+    env: dict[str, str]
+
+    def restart(self) -> None:
+        self.process = start_process(self.args, self.env, self.log_path)
+        wait_ready(self.url, self.process, self.log_path, timeout=60)
+
+
+def start_feedback(tmp: Path, env: dict[str, str]) -> FeedbackServer:
+    port, grpc_port = free_port(), free_port()
+    args = [sys.executable, "-m", "flywheel.cli", "feedback", "--port", str(port), "--grpc-port", str(grpc_port)]
+    log_path = tmp / "feedback.log"
+    process = start_process(args, env, log_path)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, process, log_path, timeout=60)
+    return FeedbackServer(url, f"127.0.0.1:{grpc_port}", process, log_path, args, env)
+
+
+@pytest.fixture(scope="session")
+def feedback_server(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> FeedbackServer:
+    tmp = tmp_path_factory.mktemp("feedback")
+    server = start_feedback(tmp, feedback_env(tmp, broker.bootstrap))
+    try:
+        yield server
+    finally:
+        stop_process(server.process)

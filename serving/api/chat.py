@@ -6,9 +6,9 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
 
 from flywheel.auth import Unauthorized, resolve_user
+from flywheel.errors import APIError, ErrorResponse, error_body
 from serving.chat import ChatService
-from serving.errors import APIError, error_body
-from serving.protocol import ChatCompletionRequest, ChatCompletionResponse, ErrorResponse, ModelCard, ModelList
+from serving.protocol import ChatCompletionRequest, ChatCompletionResponse, ModelCard, ModelList
 
 router = APIRouter()
 
@@ -22,11 +22,11 @@ def chat_service(request: Request) -> ChatService:
     return service
 
 
-def user_id(request: Request, authorization: str | None, hint: str | None) -> str:
+def user_id(request: Request, authorization: str | None) -> str:
     state = request.app.state
     client = request.client.host if request.client else None
     try:
-        return resolve_user(authorization, state.api_keys, state.settings.allow_anonymous, hint or client)
+        return resolve_user(authorization, state.api_keys, state.settings.allow_anonymous, client)
     except Unauthorized as exc:
         raise APIError(401, str(exc), type_="authentication_error", code="invalid_api_key") from None
 
@@ -38,7 +38,7 @@ async def create_chat_completion(
     authorization: str | None = Header(default=None),
 ):
     service = chat_service(request)
-    prepared = service.prepare(body, user_id(request, authorization, body.user), stream=body.stream)
+    prepared = service.prepare(body, user_id(request, authorization), stream=body.stream)
     if body.stream:
         return StreamingResponse(
             service.stream(prepared),

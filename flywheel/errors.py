@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,17 @@ class APIError(Exception):
         self.param = param
         self.code = code
         self.headers = headers
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
 
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:
@@ -62,6 +74,11 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, s
     return "; ".join(messages), param, "invalid_value"
 
 
+def validation_error_response(exc: RequestValidationError) -> JSONResponse:
+    message, param, code = _validation_message(exc)
+    return JSONResponse(error_body(message, "invalid_request_error", param, code), status_code=400)
+
+
 def register_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -69,8 +86,7 @@ def register_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param, code = _validation_message(exc)
-        return JSONResponse(error_body(message, "invalid_request_error", param, code), status_code=400)
+        return validation_error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

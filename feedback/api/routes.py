@@ -1,0 +1,77 @@
+"""HTTP routes of the feedback path: parse, call FeedbackService, map the result."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Header, Request
+
+from feedback.protocol import (
+    ComparisonCreate,
+    FeedbackAccepted,
+    FeedbackCreate,
+    ImportAccepted,
+    PreferenceImport,
+)
+from feedback.service import FeedbackRejected, FeedbackService
+from flywheel.auth import Unauthorized, bearer_key, resolve_user
+from flywheel.errors import APIError, ErrorResponse
+
+router = APIRouter()
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 413, 429, 503)}
+
+
+def feedback_service(request: Request) -> FeedbackService:
+    return request.app.state.feedback
+
+
+def caller(request: Request, authorization: str | None) -> str:
+    state = request.app.state
+    client = request.client.host if request.client else None
+    try:
+        return resolve_user(authorization, state.api_keys, state.settings.allow_anonymous, client)
+    except Unauthorized as exc:
+        raise APIError(401, str(exc), type_="authentication_error", code="invalid_api_key") from None
+
+
+def _accepted(prepared, appended) -> FeedbackAccepted:
+    return FeedbackAccepted(
+        event_id=appended.event_id, idempotency_key=prepared.record.idempotency_key, duplicate=appended.duplicate
+    )
+
+
+@router.post("/v1/feedback", status_code=202, response_model=FeedbackAccepted, responses=_ERRORS)
+async def create_feedback(body: FeedbackCreate, request: Request, authorization: str | None = Header(default=None)):
+    service = feedback_service(request)
+    prepared = service.prepare_thumbs(body, caller(request, authorization))
+    return _accepted(prepared, await service.submit(prepared, "rest"))
+
+
+@router.post("/v1/comparisons", status_code=202, response_model=FeedbackAccepted, responses=_ERRORS)
+async def create_comparison(body: ComparisonCreate, request: Request, authorization: str | None = Header(default=None)):
+    service = feedback_service(request)
+    prepared = service.prepare_comparison(body, caller(request, authorization))
+    return _accepted(prepared, await service.submit(prepared, "rest"))
+
+
+@router.post("/v1/preferences/import", status_code=202, response_model=ImportAccepted, responses=_ERRORS)
+async def import_preferences(
+    body: PreferenceImport, request: Request, authorization: str | None = Header(default=None)
+):
+    if bearer_key(authorization) != request.app.state.settings.admin_key:
+        raise APIError(401, "the import route needs the admin key (Authorization: Bearer <admin key>)",
+                       type_="authentication_error", code="invalid_admin_key")  # fmt: skip
+    service = feedback_service(request)
+    result = ImportAccepted(accepted=0, duplicates=0)
+    prepared_all = []
+    for index, pair in enumerate(body.pairs):
+        try:
+            prepared_all.append(service.prepare_pair(pair, body.source, "import"))
+        except FeedbackRejected as exc:
+            service.reject("import", exc.reason)
+            result.rejected.append({"index": index, "message": exc.message})
+    for prepared in prepared_all:
+        appended = await service.submit(prepared, "rest")
+        if appended.duplicate:
+            result.duplicates += 1
+        else:
+            result.accepted += 1
+    return result

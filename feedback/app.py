@@ -1,0 +1,112 @@
+"""The feedback app: factory and lifespan (outbox, relay, gRPC server on the same loop)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from feedback.api import routes
+from feedback.grpc_server import FeedbackServicer, start_grpc_server
+from feedback.limits import RateLimiter
+from feedback.metrics import FeedbackMetrics
+from feedback.outbox import Outbox
+from feedback.relay import Relay
+from feedback.service import FeedbackRejected, FeedbackService
+from flywheel.errors import error_body, register_error_handlers, validation_error_response
+from flywheel.http import RequestGuard
+from flywheel.metrics import render
+from flywheel.settings import FeedbackSettings
+from flywheel.tokens import FeedbackToken
+
+log = logging.getLogger(__name__)
+
+_KINDS = {"/v1/feedback": "thumbs", "/v1/comparisons": "comparison", "/v1/preferences/import": "import"}
+
+
+def build_app(settings: FeedbackSettings, start_grpc: bool = True) -> FastAPI:
+    metrics = FeedbackMetrics()
+    api_keys = settings.api_key_map()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        outbox = Outbox(settings.outbox_path, settings.outbox_max_pending)
+        service = FeedbackService(
+            FeedbackToken(settings.feedback_token_secret),
+            outbox,
+            metrics,
+            settings,
+            RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
+        )
+        relay = Relay(
+            outbox, settings.kafka_bootstrap, metrics, batch=settings.relay_batch,
+            retention_s=settings.outbox_retention_hours * 3600,
+        ).start()  # fmt: skip
+        grpc_server = None
+        if start_grpc:
+            servicer = FeedbackServicer(service, api_keys, settings.allow_anonymous)
+            grpc_server = await start_grpc_server(servicer, settings.host, settings.grpc_port)
+        app.state.feedback = service
+        app.state.outbox = outbox
+        app.state.relay = relay
+        log.info("feedback ready: %d events pending from before", outbox.pending)
+        try:
+            yield
+        finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=5)
+            relay.stop()
+            outbox.close()
+
+    app = FastAPI(title="Flywheel feedback", version="1", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.api_keys = api_keys
+    app.include_router(routes.router)
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> JSONResponse:
+        outbox = getattr(request.app.state, "outbox", None)
+        if outbox is None:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        return JSONResponse({"status": "ready", "outbox_pending": outbox.pending})
+
+    @app.get("/metrics")
+    async def metrics_route(request: Request) -> Response:
+        metrics.outbox_depth.set(request.app.state.outbox.pending)
+        body, content_type = render(metrics.registry)
+        return Response(body, media_type=content_type)
+
+    register_error_handlers(app)
+
+    @app.exception_handler(FeedbackRejected)
+    async def _rejected(request: Request, exc: FeedbackRejected) -> JSONResponse:
+        metrics.rejected.labels(_KINDS.get(request.url.path, "other"), exc.reason).inc()
+        headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
+        code = exc.reason
+        return JSONResponse(
+            error_body(exc.message, "invalid_request_error", exc.param, code), status_code=exc.status, headers=headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        metrics.rejected.labels(_KINDS.get(request.url.path, "other"), "invalid").inc()
+        return validation_error_response(exc)
+
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=settings.max_body_bytes,
+        path_limits={"/v1/preferences/import": settings.max_import_body_bytes},
+        requests=metrics.requests,
+        latency=metrics.latency,
+        in_flight=metrics.in_flight,
+    )
+    return app

@@ -1,0 +1,162 @@
+"""FeedbackService over gRPC: a thin shell around the same FeedbackService as REST.
+
+Unary calls fail with a gRPC status code; the client-streaming BulkSubmit answers one result
+per event, in order. gRPC health checking reports SERVING once the outbox is open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from pydantic import ValidationError
+
+from feedback.protocol import ComparisonCreate, FeedbackCreate
+from feedback.service import FeedbackRejected, FeedbackService, Prepared
+from flywheel.auth import Unauthorized, resolve_user
+from flywheel.v1 import feedback_pb2, feedback_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+_WINDOW = 1_000
+SERVICE_NAME = "flywheel.v1.FeedbackService"
+
+
+def thumbs_model(request: feedback_pb2.SubmitThumbsRequest) -> FeedbackCreate:
+    return FeedbackCreate(
+        completion_id=request.completion_id,
+        choice_index=request.choice_index,
+        rating=request.rating,
+        feedback_token=request.feedback_token,
+        comment=request.comment or None,
+        dimensions=dict(request.dimensions) or None,
+        flags=list(request.flags) or None,
+        idempotency_key=request.idempotency_key or None,
+    )
+
+
+def comparison_model(request: feedback_pb2.SubmitComparisonRequest) -> ComparisonCreate:
+    return ComparisonCreate(
+        completion_id=request.completion_id,
+        feedback_tokens=list(request.feedback_tokens),
+        preferred_choice_index=request.preferred_choice_index if request.HasField("preferred_choice_index") else None,
+        rejected_choice_index=request.rejected_choice_index if request.HasField("rejected_choice_index") else None,
+        ranking=list(request.ranking) or None,
+        strength=request.strength or None,
+        idempotency_key=request.idempotency_key or None,
+    )
+
+
+def _validation_message(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+
+
+class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
+    def __init__(self, service: FeedbackService, api_keys: dict[str, str], allow_anonymous: bool) -> None:
+        self.service = service
+        self.api_keys = api_keys
+        self.allow_anonymous = allow_anonymous
+
+    def _user(self, context: grpc.aio.ServicerContext) -> str:
+        metadata = dict(context.invocation_metadata() or ())
+        peer = context.peer() or ""
+        host = peer.split(":")[1] if peer.count(":") >= 2 else peer
+        try:
+            return resolve_user(metadata.get("authorization"), self.api_keys, self.allow_anonymous, host)
+        except Unauthorized as exc:
+            raise FeedbackRejected(401, "unauthenticated", str(exc)) from None
+
+    def _prepare(self, kind: str, request, user: str) -> Prepared:
+        try:
+            if kind == "thumbs":
+                return self.service.prepare_thumbs(thumbs_model(request), user)
+            return self.service.prepare_comparison(comparison_model(request), user)
+        except ValidationError as exc:
+            raise FeedbackRejected(400, "invalid", _validation_message(exc)) from None
+
+    async def _unary(self, kind: str, request, context: grpc.aio.ServicerContext) -> feedback_pb2.FeedbackResult:
+        try:
+            prepared = self._prepare(kind, request, self._user(context))
+            appended = await self.service.submit(prepared, "grpc")
+        except FeedbackRejected as exc:
+            self.service.reject(kind, exc.reason)
+            await context.abort(_CODES.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT), exc.message)
+        return feedback_pb2.FeedbackResult(status=feedback_pb2.FEEDBACK_STATUS_ACCEPTED, event_id=appended.event_id)
+
+    async def SubmitThumbs(self, request, context):
+        return await self._unary("thumbs", request, context)
+
+    async def SubmitComparison(self, request, context):
+        return await self._unary("comparison", request, context)
+
+    async def BulkSubmit(self, request_iterator, context):
+        try:
+            user = self._user(context)
+        except FeedbackRejected as exc:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, exc.message)
+        results: list[feedback_pb2.FeedbackResult | asyncio.Future] = []
+        window: list[asyncio.Future] = []
+        async for item in request_iterator:
+            kind = item.WhichOneof("item") or "missing"
+            try:
+                if kind == "missing":
+                    raise FeedbackRejected(400, "invalid", "each BulkSubmitRequest needs thumbs or comparison")
+                prepared = self._prepare(kind, getattr(item, kind), user)
+                future = asyncio.ensure_future(self.service.submit(prepared, "grpc"))
+                results.append(future)
+                window.append(future)
+            except FeedbackRejected as exc:
+                self.service.reject(kind, exc.reason)
+                results.append(self._rejected(exc))
+            if len(window) >= _WINDOW:  # bound what waits in memory; commits still group
+                await asyncio.gather(*window, return_exceptions=True)
+                window.clear()
+        await asyncio.gather(*window, return_exceptions=True)
+        response = feedback_pb2.BulkSubmitResponse()
+        for result in results:
+            if isinstance(result, asyncio.Future):
+                exc = result.exception()
+                if exc is None:
+                    result = feedback_pb2.FeedbackResult(
+                        status=feedback_pb2.FEEDBACK_STATUS_ACCEPTED, event_id=result.result().event_id
+                    )
+                elif isinstance(exc, FeedbackRejected):
+                    result = self._rejected(exc)
+                else:
+                    raise exc
+            response.results.append(result)
+        response.accepted = sum(r.status == feedback_pb2.FEEDBACK_STATUS_ACCEPTED for r in response.results)
+        response.rejected = len(response.results) - response.accepted
+        return response
+
+    @staticmethod
+    def _rejected(exc: FeedbackRejected) -> feedback_pb2.FeedbackResult:
+        code = _CODES.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT)
+        return feedback_pb2.FeedbackResult(
+            status=feedback_pb2.FEEDBACK_STATUS_REJECTED, error=exc.message, code=code.name
+        )
+
+
+async def start_grpc_server(servicer: FeedbackServicer, host: str, port: int) -> grpc.aio.Server:
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
+    feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise RuntimeError(f"cannot bind gRPC on {host}:{port}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("feedback gRPC on %s:%d", host, bound)
+    return server

@@ -1,0 +1,56 @@
+"""The feedback path's Prometheus metrics, in a registry owned by one app."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from flywheel.metrics import LATENCY_BUCKETS
+
+
+class FeedbackMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "flywheel_feedback_http_requests",
+            "HTTP requests by route and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "flywheel_feedback_http_request_latency_seconds", "HTTP latency by route.", ["route"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.in_flight = Gauge("flywheel_feedback_http_requests_in_flight", "HTTP requests being served.", registry=r)
+        self.accepted = Counter(
+            "flywheel_feedback_events_accepted", "Feedback events accepted, by kind and transport.",
+            ["kind", "transport"], registry=r,
+        )  # fmt: skip
+        self.duplicates = Counter(
+            "flywheel_feedback_events_duplicate", "Retries answered with the event already accepted.", ["kind"],
+            registry=r,
+        )  # fmt: skip
+        self.rejected = Counter(
+            "flywheel_feedback_events_rejected", "Feedback events rejected, by kind and reason.", ["kind", "reason"],
+            registry=r,
+        )  # fmt: skip
+        self.thumbs = Counter(
+            "flywheel_feedback_thumbs", "Thumbs accepted, by policy version and rating (the roll-out signal).",
+            ["policy_version", "rating"], registry=r,
+        )  # fmt: skip
+        self.comparisons = Counter(
+            "flywheel_feedback_comparison_wins", "Comparisons accepted, by the winning choice's policy version.",
+            ["policy_version"], registry=r,
+        )  # fmt: skip
+        self.outbox_depth = Gauge(
+            "flywheel_feedback_outbox_depth", "Accepted events not yet acked by Kafka.", registry=r
+        )
+        self.published = Counter("flywheel_feedback_events_published", "Events acknowledged by Kafka.", registry=r)
+        self.publish_latency = Histogram(
+            "flywheel_feedback_publish_latency_seconds", "Time to publish one relay batch (acks=all).",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.relay_retries = Counter("flywheel_feedback_relay_retries", "Relay batches retried.", registry=r)
+        self.replayed = Counter(
+            "flywheel_feedback_events_replayed", "Events re-published because the broker lost them.", registry=r
+        )

@@ -1,0 +1,68 @@
+"""Feedback API request and response models (REST); gRPC messages map onto the same inputs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Id = Annotated[str, Field(min_length=1, max_length=200)]
+Token = Annotated[str, Field(min_length=1, max_length=2_000)]
+Index = Annotated[int, Field(ge=0, le=1_000)]
+
+
+class FeedbackCreate(BaseModel):
+    """A rating of one choice of one completion."""
+
+    model_config = ConfigDict(extra="forbid")
+    completion_id: Id
+    choice_index: Index
+    rating: Literal["up", "down"]
+    feedback_token: Token
+    comment: Annotated[str, Field(max_length=100_000)] | None = None
+    dimensions: dict[Annotated[str, Field(max_length=64)], Annotated[int, Field(ge=1, le=5)]] | None = None
+    flags: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=16)] | None = None
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+
+
+Strength = Literal["much_better", "better", "slightly_better", "tie"]
+
+
+class ComparisonCreate(BaseModel):
+    """Which of two or more choices of one completion is better, or a full ranking (best first)."""
+
+    model_config = ConfigDict(extra="forbid")
+    completion_id: Id
+    feedback_tokens: Annotated[list[Token], Field(min_length=2, max_length=16)]
+    preferred_choice_index: Index | None = None
+    rejected_choice_index: Index | None = None
+    ranking: Annotated[list[Index], Field(min_length=2, max_length=16)] | None = None
+    strength: Strength | None = None
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+
+
+class FeedbackAccepted(BaseModel):
+    event_id: str
+    idempotency_key: str
+    duplicate: bool = Field(description="True when this was a retry of an event already accepted.")
+
+
+class PreferencePair(BaseModel):
+    """One offline preference pair: HH-format dialogues, or a prompt with two answers."""
+
+    model_config = ConfigDict(extra="ignore")
+    chosen: Annotated[str, Field(min_length=1, max_length=200_000)]
+    rejected: Annotated[str, Field(min_length=1, max_length=200_000)]
+    prompt: str | None = None
+
+
+class PreferenceImport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pairs: Annotated[list[PreferencePair], Field(min_length=1, max_length=100_000)]
+    source: Annotated[str, Field(max_length=200)] = "import"
+
+
+class ImportAccepted(BaseModel):
+    accepted: int
+    duplicates: int
+    rejected: list[dict] = Field(default_factory=list)

@@ -1,0 +1,236 @@
+"""FeedbackService: validates feedback, turns it into FeedbackEvents and appends them durably.
+
+Knows nothing of HTTP or gRPC: both transports hand it the same validated models and map its
+FeedbackRejected errors to their own status codes. A token proves the caller was served the
+choices it rates; the claims in the token, not the request, name the policy versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from dataclasses import dataclass
+
+from feedback.limits import RateLimiter
+from feedback.metrics import FeedbackMetrics
+from feedback.outbox import Appended, Outbox, OutboxFull, OutboxRecord
+from feedback.protocol import ComparisonCreate, FeedbackCreate, PreferencePair
+from flywheel.events import SCHEMA_VERSION, new_event_id, timestamp_now
+from flywheel.hh import MalformedDialogue, split_pair
+from flywheel.settings import FeedbackSettings
+from flywheel.tokens import FeedbackToken, InvalidFeedbackToken, TokenClaims
+from flywheel.v1 import events_pb2
+
+_STRENGTHS = {
+    None: events_pb2.COMPARISON_STRENGTH_UNSPECIFIED,
+    "much_better": events_pb2.COMPARISON_STRENGTH_MUCH_BETTER,
+    "better": events_pb2.COMPARISON_STRENGTH_BETTER,
+    "slightly_better": events_pb2.COMPARISON_STRENGTH_SLIGHTLY_BETTER,
+    "tie": events_pb2.COMPARISON_STRENGTH_TIE,
+}
+
+
+class FeedbackRejected(Exception):
+    """Feedback refused: `status` is the HTTP status, `reason` the metric label."""
+
+    def __init__(self, status: int, reason: str, message: str, param: str | None = None, retry_after: float = 0):
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.param = param
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Prepared:
+    record: OutboxRecord
+    kind: str
+    claims: list[TokenClaims]
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+class FeedbackService:
+    def __init__(
+        self,
+        tokens: FeedbackToken,
+        outbox: Outbox,
+        metrics: FeedbackMetrics,
+        settings: FeedbackSettings,
+        limiter: RateLimiter,
+    ) -> None:
+        self.tokens = tokens
+        self.outbox = outbox
+        self.metrics = metrics
+        self.settings = settings
+        self.limiter = limiter
+        self._dimensions = settings.dimension_names()
+        self._flags = settings.flag_names()
+
+    # -- validation
+
+    def _claims(self, token: str, completion_id: str, choice_index: int, user_id: str, param: str) -> TokenClaims:
+        try:
+            claims = self.tokens.verify(token)
+        except InvalidFeedbackToken as exc:
+            raise FeedbackRejected(403, "invalid_token", str(exc), param) from None
+        if claims.completion_id != completion_id or claims.choice_index != choice_index:
+            raise FeedbackRejected(403, "token_mismatch", "feedback_token was issued for another choice", param)
+        if claims.user_id != user_id:
+            raise FeedbackRejected(403, "other_user", "feedback_token was issued to another user", param)
+        return claims
+
+    def _rate_limit(self, user_id: str, kind: str) -> None:
+        wait = self.limiter.allow(user_id)
+        if wait:
+            raise FeedbackRejected(429, "rate_limited", "too much feedback; slow down", retry_after=wait)
+
+    def _key(self, user_id: str, client_key: str | None, *content: object) -> str:
+        # Client keys are scoped to the user, so two users cannot collide; derived keys cover
+        # the content, so a changed rating is a new event while a retry is the same one.
+        return f"client:{_digest(user_id, client_key)}" if client_key else f"derived:{_digest(user_id, *content)}"
+
+    def prepare_thumbs(self, body: FeedbackCreate, user_id: str) -> Prepared:
+        kind = "thumbs"
+        if body.comment is not None and len(body.comment) > self.settings.comment_max_chars:
+            raise FeedbackRejected(
+                400, "invalid", f"comment is longer than {self.settings.comment_max_chars} characters", "comment"
+            )
+        unknown = set(body.dimensions or {}) - self._dimensions
+        if unknown:
+            raise FeedbackRejected(
+                400, "invalid", f"unknown dimensions {sorted(unknown)}; known: {sorted(self._dimensions)}", "dimensions"
+            )
+        bad_flags = set(body.flags or []) - self._flags
+        if bad_flags:
+            raise FeedbackRejected(
+                400, "invalid", f"unknown flags {sorted(bad_flags)}; known: {sorted(self._flags)}", "flags"
+            )
+        claims = self._claims(body.feedback_token, body.completion_id, body.choice_index, user_id, "feedback_token")
+        self._rate_limit(user_id, kind)
+        thumbs = events_pb2.Thumbs(
+            choice_index=body.choice_index,
+            rating=events_pb2.RATING_UP if body.rating == "up" else events_pb2.RATING_DOWN,
+            comment=body.comment or "",
+            dimensions=body.dimensions or {},
+            flags=sorted(set(body.flags or [])),
+        )
+        key = self._key(
+            user_id, body.idempotency_key, kind, body.completion_id, body.choice_index, body.rating,
+            body.comment, body.dimensions, sorted(set(body.flags or [])),
+        )  # fmt: skip
+        event = self._event(body.completion_id, user_id, claims.policy_version, key, [claims.policy_version])
+        event.thumbs.CopyFrom(thumbs)
+        return Prepared(self._record(event, kind), kind, [claims])
+
+    def prepare_comparison(self, body: ComparisonCreate, user_id: str) -> Prepared:
+        kind = "comparison"
+        count = len(body.feedback_tokens)
+        ranking = self._ranking(body, count)
+        claims = [
+            self._claims(token, body.completion_id, index, user_id, f"feedback_tokens.{index}")
+            for index, token in enumerate(body.feedback_tokens)
+        ]
+        if any(c.choice_count != count for c in claims):
+            raise FeedbackRejected(
+                400, "invalid", f"the completion has {claims[0].choice_count} choices; send one token for each",
+                "feedback_tokens",
+            )  # fmt: skip
+        self._rate_limit(user_id, kind)
+        versions = [c.policy_version for c in claims]
+        key = self._key(user_id, body.idempotency_key, kind, body.completion_id, ranking, body.strength)
+        event = self._event(body.completion_id, user_id, versions[ranking[0]], key, versions)
+        event.comparison.CopyFrom(events_pb2.Comparison(ranking=ranking, strength=_STRENGTHS[body.strength]))
+        return Prepared(self._record(event, kind), kind, claims)
+
+    @staticmethod
+    def _ranking(body: ComparisonCreate, count: int) -> list[int]:
+        pair = body.preferred_choice_index is not None or body.rejected_choice_index is not None
+        if pair == (body.ranking is not None):
+            raise FeedbackRejected(
+                400, "invalid", "give either preferred_choice_index and rejected_choice_index, or a ranking", "ranking"
+            )
+        if body.ranking is not None:
+            if sorted(body.ranking) != list(range(count)):
+                raise FeedbackRejected(
+                    400, "invalid", f"ranking must order every choice 0..{count - 1} exactly once", "ranking"
+                )
+            return list(body.ranking)
+        preferred, rejected = body.preferred_choice_index, body.rejected_choice_index
+        if preferred is None or rejected is None:
+            raise FeedbackRejected(400, "invalid", "both preferred_choice_index and rejected_choice_index are needed")
+        if preferred == rejected or max(preferred, rejected) >= count:
+            raise FeedbackRejected(
+                400, "invalid", f"preferred and rejected must be two different choices below {count}",
+                "preferred_choice_index",
+            )  # fmt: skip
+        return [preferred, rejected]
+
+    def prepare_pair(self, pair: PreferencePair, source: str, user_id: str) -> Prepared:
+        """An offline preference pair (HH dialogues, or a prompt with two answers)."""
+        try:
+            if pair.prompt is not None:
+                prompt = [{"role": "user", "content": pair.prompt}]
+                chosen, rejected = pair.chosen, pair.rejected
+            else:
+                prompt, chosen, rejected = split_pair(pair.chosen, pair.rejected)
+        except MalformedDialogue as exc:
+            raise FeedbackRejected(400, "invalid", str(exc), "pairs") from None
+        digest = _digest(prompt, chosen, rejected)
+        event = self._event(f"import-{digest[:32]}", user_id, "", f"import:{digest}", [])
+        event.external_pair.CopyFrom(
+            events_pb2.ExternalPair(
+                prompt=[events_pb2.ChatMessage(**m) for m in prompt], chosen=chosen, rejected=rejected, source=source
+            )
+        )
+        return Prepared(self._record(event, "import"), "import", [])
+
+    # -- durable submission
+
+    @staticmethod
+    def _event(
+        completion_id: str, user_id: str, version: str, key: str, versions: list[str]
+    ) -> events_pb2.FeedbackEvent:
+        return events_pb2.FeedbackEvent(
+            event_id=new_event_id(),
+            created_at=timestamp_now(),
+            schema_version=SCHEMA_VERSION,
+            completion_id=completion_id,
+            user_id=user_id,
+            policy_version=version,
+            idempotency_key=key,
+            choice_policy_versions=versions,
+        )
+
+    @staticmethod
+    def _record(event: events_pb2.FeedbackEvent, kind: str) -> OutboxRecord:
+        return OutboxRecord(event.event_id, event.idempotency_key, event.completion_id, kind, event.SerializeToString())
+
+    async def submit(self, prepared: Prepared, transport: str) -> Appended:
+        """Append to the outbox; returns once the event is on disk."""
+        try:
+            appended = await asyncio.wrap_future(self.outbox.append(prepared.record))
+        except OutboxFull as exc:
+            raise FeedbackRejected(503, "outbox_full", f"feedback is not being accepted right now: {exc}",
+                                   retry_after=5) from None  # fmt: skip
+        if appended.duplicate:
+            self.metrics.duplicates.labels(prepared.kind).inc()
+        else:
+            self._count(prepared, transport)
+        return appended
+
+    def _count(self, prepared: Prepared, transport: str) -> None:
+        self.metrics.accepted.labels(prepared.kind, transport).inc()
+        event = events_pb2.FeedbackEvent.FromString(prepared.record.payload)
+        if event.HasField("thumbs"):
+            rating = "up" if event.thumbs.rating == events_pb2.RATING_UP else "down"
+            self.metrics.thumbs.labels(event.policy_version, rating).inc()
+        elif event.HasField("comparison"):
+            self.metrics.comparisons.labels(event.policy_version).inc()
+
+    def reject(self, kind: str, reason: str) -> None:
+        self.metrics.rejected.labels(kind, reason).inc()

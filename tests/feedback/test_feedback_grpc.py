@@ -1,0 +1,81 @@
+"""FeedbackService over gRPC with the grpcio client: unary calls, bulk streaming, health."""
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from flywheel.tokens import FeedbackToken
+from flywheel.v1 import feedback_pb2, feedback_pb2_grpc
+from tests.conftest import BOB_API_KEY, TEST_API_KEY, TEST_SECRET, TEST_USER
+
+ALICE = (("authorization", f"Bearer {TEST_API_KEY}"),)
+BOB = (("authorization", f"Bearer {BOB_API_KEY}"),)
+SIGNER = FeedbackToken(TEST_SECRET)
+
+
+@pytest.fixture(scope="module")
+def stub(feedback_server):
+    channel = grpc.insecure_channel(feedback_server.grpc_target)
+    yield feedback_pb2_grpc.FeedbackServiceStub(channel)
+    channel.close()
+
+
+def thumbs(completion_id: str, index: int = 0, count: int = 1, **extra) -> feedback_pb2.SubmitThumbsRequest:
+    token = SIGNER.issue(completion_id, index, count, TEST_USER, "base")
+    return feedback_pb2.SubmitThumbsRequest(
+        completion_id=completion_id, choice_index=index, rating="up", feedback_token=token, **extra
+    )
+
+
+def test_health_is_serving(feedback_server):
+    with grpc.insecure_channel(feedback_server.grpc_target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "flywheel.v1.FeedbackService"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_unary_thumbs_and_comparison(stub):
+    result = stub.SubmitThumbs(thumbs("grpc-1", comment="fine", dimensions={"tone": 4}), metadata=ALICE)
+    assert result.status == feedback_pb2.FEEDBACK_STATUS_ACCEPTED and result.event_id
+    tokens = [SIGNER.issue("grpc-2", i, 2, TEST_USER, "base") for i in range(2)]
+    comparison = feedback_pb2.SubmitComparisonRequest(
+        completion_id="grpc-2", feedback_tokens=tokens, preferred_choice_index=1, rejected_choice_index=0
+    )
+    assert stub.SubmitComparison(comparison, metadata=ALICE).status == feedback_pb2.FEEDBACK_STATUS_ACCEPTED
+
+
+@pytest.mark.parametrize(
+    ("request_", "metadata", "code"),
+    [
+        (feedback_pb2.SubmitThumbsRequest(completion_id="grpc-3", rating="up", feedback_token="fw1.x.y"), ALICE,
+         grpc.StatusCode.PERMISSION_DENIED),
+        (thumbs("grpc-4"), BOB, grpc.StatusCode.PERMISSION_DENIED),
+        (feedback_pb2.SubmitThumbsRequest(completion_id="grpc-5", rating="sideways",
+                                          feedback_token=SIGNER.issue("grpc-5", 0, 1, TEST_USER, "base")),
+         ALICE, grpc.StatusCode.INVALID_ARGUMENT),
+        (thumbs("grpc-6", flags=["nonsense"]), ALICE, grpc.StatusCode.INVALID_ARGUMENT),
+    ],
+)  # fmt: skip
+def test_unary_rejections_carry_status_codes(stub, request_, metadata, code):
+    with pytest.raises(grpc.RpcError) as excinfo:
+        stub.SubmitThumbs(request_, metadata=metadata)
+    assert excinfo.value.code() == code
+    assert excinfo.value.details()
+
+
+def test_bulk_stream_answers_each_event_in_order(stub):
+    items = [feedback_pb2.BulkSubmitRequest(thumbs=thumbs(f"bulk-{i}")) for i in range(50)]
+    items[10] = feedback_pb2.BulkSubmitRequest(
+        thumbs=feedback_pb2.SubmitThumbsRequest(completion_id="bulk-x", rating="up", feedback_token="forged")
+    )
+    items[20] = feedback_pb2.BulkSubmitRequest()
+    reply = stub.BulkSubmit(iter(items), metadata=ALICE)
+    assert len(reply.results) == 50
+    assert reply.accepted == 48 and reply.rejected == 2
+    assert reply.results[10].status == feedback_pb2.FEEDBACK_STATUS_REJECTED
+    assert reply.results[10].code == "PERMISSION_DENIED"
+    assert reply.results[20].code == "INVALID_ARGUMENT"
+    assert all(r.event_id for i, r in enumerate(reply.results) if i not in (10, 20))
+    again = stub.BulkSubmit(iter(items[:5]), metadata=ALICE)  # retries: the same events
+    assert [r.event_id for r in again.results] == [r.event_id for r in reply.results[:5]]
