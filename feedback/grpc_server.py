@@ -6,7 +6,6 @@ per event, in order. gRPC health checking reports SERVING once the outbox is ope
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import grpc
@@ -104,40 +103,37 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
             user = self._user(context)
         except FeedbackRejected as exc:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, exc.message)
-        results: list[feedback_pb2.FeedbackResult | asyncio.Future] = []
-        window: list[asyncio.Future] = []
+        response = feedback_pb2.BulkSubmitResponse()
+        window: list[tuple[int, Prepared]] = []  # (position in the response, event)
         async for item in request_iterator:
             kind = item.WhichOneof("item") or "missing"
             try:
                 if kind == "missing":
                     raise FeedbackRejected(400, "invalid", "each BulkSubmitRequest needs thumbs or comparison")
-                prepared = self._prepare(kind, getattr(item, kind), user)
-                future = asyncio.ensure_future(self.service.submit(prepared, "grpc"))
-                results.append(future)
-                window.append(future)
+                window.append((len(response.results), self._prepare(kind, getattr(item, kind), user)))
+                response.results.add(status=feedback_pb2.FEEDBACK_STATUS_ACCEPTED)
             except FeedbackRejected as exc:
                 self.service.reject(kind, exc.reason)
-                results.append(self._rejected(exc))
-            if len(window) >= _WINDOW:  # bound what waits in memory; commits still group
-                await asyncio.gather(*window, return_exceptions=True)
-                window.clear()
-        await asyncio.gather(*window, return_exceptions=True)
-        response = feedback_pb2.BulkSubmitResponse()
-        for result in results:
-            if isinstance(result, asyncio.Future):
-                exc = result.exception()
-                if exc is None:
-                    result = feedback_pb2.FeedbackResult(
-                        status=feedback_pb2.FEEDBACK_STATUS_ACCEPTED, event_id=result.result().event_id
-                    )
-                elif isinstance(exc, FeedbackRejected):
-                    result = self._rejected(exc)
-                else:
-                    raise exc
-            response.results.append(result)
+                response.results.append(self._rejected(exc))
+            if len(window) >= _WINDOW:  # one group commit per window bounds memory and fsyncs
+                await self._commit_window(window, response)
+                window = []
+        await self._commit_window(window, response)
         response.accepted = sum(r.status == feedback_pb2.FEEDBACK_STATUS_ACCEPTED for r in response.results)
         response.rejected = len(response.results) - response.accepted
         return response
+
+    async def _commit_window(self, window: list[tuple[int, Prepared]], response) -> None:
+        if not window:
+            return
+        try:
+            appended = await self.service.submit_many([prepared for _, prepared in window], "grpc")
+        except FeedbackRejected as exc:
+            for position, _ in window:
+                response.results[position].CopyFrom(self._rejected(exc))
+            return
+        for (position, _), result in zip(window, appended, strict=True):
+            response.results[position].event_id = result.event_id
 
     @staticmethod
     def _rejected(exc: FeedbackRejected) -> feedback_pb2.FeedbackResult:

@@ -61,10 +61,10 @@ class PendingEvent:
     payload: bytes
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
     return conn
 
 
@@ -73,12 +73,16 @@ class Outbox:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.max_pending = max_pending
-        self._writer = _connect(path)
+        # Appends are fsynced before the API answers. The relay's bookkeeping is not: losing a
+        # "published" mark in a crash only republishes events, which consumers dedupe.
+        self._writer = _connect(path, "FULL")
         self._writer.executescript(_SCHEMA)
-        self._reader = _connect(path)
+        # Checkpoints run from the relay's side (checkpoint()), not inside a request's commit.
+        self._writer.execute("PRAGMA wal_autocheckpoint=0")
+        self._reader = _connect(path, "NORMAL")
         self._lock = threading.Lock()  # guards _pending and the reader connection
         self._pending = self._reader.execute("SELECT COUNT(*) FROM events WHERE published_at IS NULL").fetchone()[0]
-        self._queue: queue.Queue[tuple[OutboxRecord, Future] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[list[OutboxRecord], Future] | None] = queue.Queue()
         self.new_events = threading.Event()  # set when rows were committed: wakes the relay
         self._thread = threading.Thread(target=self._write_loop, name="outbox-writer", daemon=True)
         self._thread.start()
@@ -87,12 +91,12 @@ class Outbox:
     def pending(self) -> int:
         return self._pending
 
-    def append(self, record: OutboxRecord) -> Future[Appended]:
-        """Queue `record` for the next group commit; the future resolves once it is on disk."""
-        if self._pending >= self.max_pending:
+    def append_many(self, records: list[OutboxRecord]) -> Future[list[Appended]]:
+        """Queue records for the next group commit; the future resolves once all are on disk."""
+        if self._pending + len(records) > self.max_pending:
             raise OutboxFull(f"{self._pending} events are waiting for Kafka")
-        future: Future[Appended] = Future()
-        self._queue.put((record, future))
+        future: Future[list[Appended]] = Future()
+        self._queue.put((records, future))
         return future
 
     def _write_loop(self) -> None:
@@ -101,7 +105,8 @@ class Outbox:
             if item is None:
                 return
             group = [item]
-            while len(group) < _GROUP_MAX:
+            size = len(item[0])
+            while size < _GROUP_MAX:
                 try:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
@@ -110,35 +115,29 @@ class Outbox:
                     self._queue.put(None)
                     break
                 group.append(nxt)
+                size += len(nxt[0])
             self._commit(group)
 
-    def _commit(self, group: list[tuple[OutboxRecord, Future]]) -> None:
-        results: list[Appended] = []
+    def _commit(self, group: list[tuple[list[OutboxRecord], Future]]) -> None:
+        records = [record for batch, _ in group for record in batch]
+        rows = [(r.event_id, r.idempotency_key, r.kafka_key, r.kind, r.payload, time.time()) for r in records]
         try:
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
-            inserted = 0
-            for record, _ in group:
-                cursor = conn.execute(
-                    "INSERT INTO events (event_id, idempotency_key, kafka_key, kind, payload, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
-                    (
-                        record.event_id,
-                        record.idempotency_key,
-                        record.kafka_key,
-                        record.kind,
-                        record.payload,
-                        time.time(),
-                    ),
-                )
-                if cursor.rowcount == 1:
-                    inserted += 1
-                    results.append(Appended(record.event_id, duplicate=False))
-                else:
-                    row = conn.execute(
+            inserted = conn.executemany(
+                "INSERT INTO events (event_id, idempotency_key, kafka_key, kind, payload, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
+                rows,
+            ).rowcount
+            if inserted == len(records):
+                results = [Appended(r.event_id, duplicate=False) for r in records]
+            else:  # some were retries: answer them with the event they first created
+                results = []
+                for record in records:
+                    stored = conn.execute(
                         "SELECT event_id FROM events WHERE idempotency_key = ?", (record.idempotency_key,)
-                    ).fetchone()
-                    results.append(Appended(row[0], duplicate=True))
+                    ).fetchone()[0]
+                    results.append(Appended(stored, duplicate=stored != record.event_id))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             log.exception("outbox commit failed")
@@ -152,8 +151,10 @@ class Outbox:
         with self._lock:
             self._pending += inserted
         self.new_events.set()
-        for (_, future), result in zip(group, results, strict=True):
-            future.set_result(result)
+        position = 0
+        for batch, future in group:
+            future.set_result(results[position : position + len(batch)])
+            position += len(batch)
 
     # -- the relay's side
 
@@ -165,17 +166,17 @@ class Outbox:
         return [PendingEvent(*row) for row in rows]
 
     def mark_published(self, seqs: list[int]) -> None:
+        """Mark a batch from `unpublished()` as acknowledged.
+
+        The batch is every unpublished row up to its highest seq (seqs are assigned and committed
+        in order by the one writer), so one range update covers it.
+        """
         if not seqs:
             return
         with self._lock:
-            conn = self._reader
-            conn.execute("BEGIN IMMEDIATE")
-            changed = 0
-            for seq in seqs:
-                changed += conn.execute(
-                    "UPDATE events SET published_at = ? WHERE seq = ? AND published_at IS NULL", (time.time(), seq)
-                ).rowcount
-            conn.execute("COMMIT")
+            changed = self._reader.execute(
+                "UPDATE events SET published_at = ? WHERE published_at IS NULL AND seq <= ?", (time.time(), max(seqs))
+            ).rowcount
             self._pending -= changed
 
     def replay_published(self, keep_published: list[int]) -> int:
@@ -190,6 +191,11 @@ class Outbox:
             self._pending += changed
         self.new_events.set()
         return changed
+
+    def checkpoint(self) -> None:
+        """Copy the WAL back into the database without blocking appends (PASSIVE)."""
+        with self._lock:
+            self._reader.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def prune(self, retention_s: float) -> int:
         """Forget published events older than the retention (their idempotency keys go with them)."""

@@ -47,6 +47,7 @@ class Relay:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="feedback-relay", daemon=True)
         self._last_prune = 0.0
+        self._last_checkpoint = 0.0
         self._failing_since: float | None = None
         self.broker_losses = 0
 
@@ -84,6 +85,7 @@ class Relay:
         while not self._stop.is_set():
             self.metrics.outbox_depth.set(self.outbox.pending)
             self._maybe_prune()
+            self._maybe_checkpoint()
             pending = self.outbox.unpublished(self.batch)
             if not pending:
                 self.outbox.new_events.wait(timeout=0.5)
@@ -127,6 +129,11 @@ class Relay:
         replayed = self.outbox.replay_published(keep_published=keep)
         self.metrics.replayed.inc(replayed)
         log.warning("the broker lost acknowledged feedback (%s); replaying %d retained events", why, replayed)
+
+    def _maybe_checkpoint(self) -> None:
+        if time.monotonic() - self._last_checkpoint > 1.0:
+            self._last_checkpoint = time.monotonic()
+            self.outbox.checkpoint()
 
     def _maybe_prune(self) -> None:
         if time.monotonic() - self._last_prune > 60:

@@ -48,6 +48,8 @@ class Prepared:
     record: OutboxRecord
     kind: str
     claims: list[TokenClaims]
+    policy_version: str = ""
+    rating: str = ""
 
 
 def _digest(*parts: object) -> str:
@@ -125,7 +127,7 @@ class FeedbackService:
         )  # fmt: skip
         event = self._event(body.completion_id, user_id, claims.policy_version, key, [claims.policy_version])
         event.thumbs.CopyFrom(thumbs)
-        return Prepared(self._record(event, kind), kind, [claims])
+        return Prepared(self._record(event, kind), kind, [claims], claims.policy_version, body.rating)
 
     def prepare_comparison(self, body: ComparisonCreate, user_id: str) -> Prepared:
         kind = "comparison"
@@ -145,7 +147,7 @@ class FeedbackService:
         key = self._key(user_id, body.idempotency_key, kind, body.completion_id, ranking, body.strength)
         event = self._event(body.completion_id, user_id, versions[ranking[0]], key, versions)
         event.comparison.CopyFrom(events_pb2.Comparison(ranking=ranking, strength=_STRENGTHS[body.strength]))
-        return Prepared(self._record(event, kind), kind, claims)
+        return Prepared(self._record(event, kind), kind, claims, versions[ranking[0]])
 
     @staticmethod
     def _ranking(body: ComparisonCreate, count: int) -> list[int]:
@@ -212,25 +214,26 @@ class FeedbackService:
 
     async def submit(self, prepared: Prepared, transport: str) -> Appended:
         """Append to the outbox; returns once the event is on disk."""
+        return (await self.submit_many([prepared], transport))[0]
+
+    async def submit_many(self, prepared: list[Prepared], transport: str) -> list[Appended]:
+        """Append several events in one group commit; returns once all are on disk."""
         try:
-            appended = await asyncio.wrap_future(self.outbox.append(prepared.record))
+            future = self.outbox.append_many([p.record for p in prepared])
         except OutboxFull as exc:
             raise FeedbackRejected(503, "outbox_full", f"feedback is not being accepted right now: {exc}",
                                    retry_after=5) from None  # fmt: skip
-        if appended.duplicate:
-            self.metrics.duplicates.labels(prepared.kind).inc()
-        else:
-            self._count(prepared, transport)
+        appended = await asyncio.wrap_future(future)
+        for item, result in zip(prepared, appended, strict=True):
+            if result.duplicate:
+                self.metrics.duplicates.labels(item.kind).inc()
+                continue
+            self.metrics.accepted.labels(item.kind, transport).inc()
+            if item.kind == "thumbs":
+                self.metrics.thumbs.labels(item.policy_version, item.rating).inc()
+            elif item.kind == "comparison":
+                self.metrics.comparisons.labels(item.policy_version).inc()
         return appended
-
-    def _count(self, prepared: Prepared, transport: str) -> None:
-        self.metrics.accepted.labels(prepared.kind, transport).inc()
-        event = events_pb2.FeedbackEvent.FromString(prepared.record.payload)
-        if event.HasField("thumbs"):
-            rating = "up" if event.thumbs.rating == events_pb2.RATING_UP else "down"
-            self.metrics.thumbs.labels(event.policy_version, rating).inc()
-        elif event.HasField("comparison"):
-            self.metrics.comparisons.labels(event.policy_version).inc()
 
     def reject(self, kind: str, reason: str) -> None:
         self.metrics.rejected.labels(kind, reason).inc()

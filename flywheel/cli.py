@@ -94,6 +94,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     model = resolve_model(settings.model, data_dir / "models")  # converts the default once, with progress
     kafka = f"127.0.0.1:{args.broker_port}"
     serving_url = f"http://127.0.0.1:{args.serving_port}"
+    feedback_url = f"http://127.0.0.1:{args.feedback_port}"
     env = {"FLYWHEEL_DATA_DIR": str(data_dir), "FLYWHEEL_KAFKA_BOOTSTRAP": kafka}
     children = [
         Child(
@@ -110,13 +111,21 @@ def cmd_up(args: argparse.Namespace) -> int:
             serving_url,
             env,
         ),
+        Child(
+            "feedback",
+            python_cli("feedback", "--port", str(args.feedback_port), "--grpc-port", str(args.feedback_grpc_port)),
+            http_ready(f"{feedback_url}/readyz"),
+            f"{feedback_url} (gRPC :{args.feedback_grpc_port})",
+            env,
+        ),
     ]
 
     def announce() -> None:
         print(  # noqa: T201
-            f"\nFlywheel is up.\n  chat API:  {serving_url}/v1/chat/completions\n"
-            f"  metrics:   {serving_url}/metrics\n  Kafka:     {kafka}\n"
-            f"  logs:      {data_dir / 'logs'}\nCtrl-C stops everything."
+            f"\nFlywheel is up.\n  chat API:      {serving_url}/v1/chat/completions\n"
+            f"  feedback API:  {feedback_url}/v1/feedback, /v1/comparisons (gRPC 127.0.0.1:{args.feedback_grpc_port})\n"
+            f"  metrics:       {serving_url}/metrics, {feedback_url}/metrics\n  Kafka:         {kafka}\n"
+            f"  logs:          {data_dir / 'logs'}\nCtrl-C stops everything."
         )
 
     return Supervisor(children, data_dir / "logs").run(on_ready=announce)
@@ -152,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", dest="data_dir", type=Path)
     up.add_argument("--serving-port", type=int, default=8000)
     up.add_argument("--broker-port", type=int, default=9092)
+    up.add_argument("--feedback-port", type=int, default=8001)
+    up.add_argument("--feedback-grpc-port", type=int, default=50051)
     up.set_defaults(func=cmd_up)
 
     prepare = verbs.add_parser("prepare-model", help="convert the default model from its GGUF (once)")

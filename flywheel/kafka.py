@@ -26,6 +26,7 @@ def make_producer(bootstrap: str, **overrides: object) -> KafkaProducer:
         "acks": "all",
         "enable_idempotence": True,
         "linger_ms": 5,
+        "batch_size": 262_144,
         "retries": 5,
         "max_block_ms": 5_000,
         "bootstrap_timeout_ms": 5_000,

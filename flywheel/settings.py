@@ -92,6 +92,10 @@ class ServingSettings(CommonSettings):
     max_loras: int = 4
     max_lora_rank: int = 16
     kv_cache_gib: int = Field(2, description="KV cache size on CPU, GiB.")
+    cpu_reserved_cores: int | None = Field(
+        0, description="Cores vLLM-CPU keeps from compute for the front end (None: vLLM's default, 1)."
+    )
+    preload_iomp: bool = Field(True, description="Run the CPU engine with Intel's OpenMP runtime.")
     gpu_memory_utilization: float = 0.85
     max_num_seqs: int = 32
     policy_version: str = Field("base", description="Version name of the base policy.")

@@ -68,10 +68,7 @@ async def import_preferences(
         except FeedbackRejected as exc:
             service.reject("import", exc.reason)
             result.rejected.append({"index": index, "message": exc.message})
-    for prepared in prepared_all:
-        appended = await service.submit(prepared, "rest")
-        if appended.duplicate:
-            result.duplicates += 1
-        else:
-            result.accepted += 1
+    appended = await service.submit_many(prepared_all, "rest") if prepared_all else []
+    result.duplicates = sum(a.duplicate for a in appended)
+    result.accepted = len(appended) - result.duplicates
     return result

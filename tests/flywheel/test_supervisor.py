@@ -15,11 +15,12 @@ pytestmark = pytest.mark.engine
 
 
 def test_up_serves_and_stops_without_orphans(tiny_model, tmp_path):
-    serving_port, broker_port = free_port(), free_port()
+    serving_port, broker_port, feedback_port, grpc_port = free_port(), free_port(), free_port(), free_port()
     env = serving_env(tmp_path, f"127.0.0.1:{broker_port}")
     up = subprocess.Popen(
         [sys.executable, "-m", "flywheel.cli", "up", "--model", str(tiny_model),
-         "--serving-port", str(serving_port), "--broker-port", str(broker_port)],
+         "--serving-port", str(serving_port), "--broker-port", str(broker_port),
+         "--feedback-port", str(feedback_port), "--feedback-grpc-port", str(grpc_port)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{serving_port}"
@@ -39,7 +40,9 @@ def test_up_serves_and_stops_without_orphans(tiny_model, tmp_path):
         assert response.status_code == 200
         family = psutil.Process(up.pid).children(recursive=True)
         names = " ".join(" ".join(p.cmdline()) for p in family)
-        assert "tansu" in names and "serve" in names and len(family) >= 4  # broker, tansu, serving, engine
+        assert "tansu" in names and "serve" in names and "feedback" in names
+        assert len(family) >= 5  # broker, tansu, serving and its engine, feedback
+        assert httpx.get(f"http://127.0.0.1:{feedback_port}/readyz").status_code == 200
         up.send_signal(signal.SIGTERM)
         output, _ = up.communicate(timeout=60)
         assert up.returncode == 0, output

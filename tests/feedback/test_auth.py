@@ -1,0 +1,48 @@
+"""Without anonymous mode, feedback needs a known API key; limits answer 429 with Retry-After."""
+
+from fastapi.testclient import TestClient
+
+from feedback.app import build_app
+from flywheel.settings import FeedbackSettings
+from flywheel.tokens import FeedbackToken
+from tests.conftest import free_port
+
+
+def settings(tmp_path, **extra) -> FeedbackSettings:
+    return FeedbackSettings(
+        data_dir=tmp_path, kafka_bootstrap=f"127.0.0.1:{free_port()}", feedback_token_secret="s",
+        api_keys="k1:alice", **extra,
+    )  # fmt: skip
+
+
+def thumbs(i: int = 0) -> dict:
+    return {"completion_id": f"c{i}", "choice_index": 0, "rating": "up",
+            "feedback_token": FeedbackToken("s").issue(f"c{i}", 0, 1, "alice", "base")}  # fmt: skip
+
+
+def test_unknown_or_missing_key_is_401_when_anonymous_is_off(tmp_path):
+    app = build_app(settings(tmp_path, allow_anonymous=False), start_grpc=False)
+    with TestClient(app) as client:
+        assert client.post("/v1/feedback", json=thumbs()).status_code == 401
+        assert client.post("/v1/feedback", json=thumbs(), headers={"Authorization": "Bearer nope"}).status_code == 401
+        ok = client.post("/v1/feedback", json=thumbs(), headers={"Authorization": "Bearer k1"})
+        assert ok.status_code == 202
+
+
+def test_rate_limit_answers_429_with_retry_after(tmp_path):
+    app = build_app(settings(tmp_path, rate_limit_per_s=1, rate_limit_burst=3), start_grpc=False)
+    with TestClient(app) as client:
+        codes = [client.post("/v1/feedback", json=thumbs(i), headers={"Authorization": "Bearer k1"}) for i in range(5)]
+        assert [r.status_code for r in codes] == [202, 202, 202, 429, 429]
+        assert int(codes[3].headers["Retry-After"]) >= 1
+        assert codes[3].json()["error"]["code"] == "rate_limited"
+
+
+def test_outbox_full_answers_503_and_keeps_what_it_accepted(tmp_path):
+    # Kafka is unreachable, so nothing drains: the outbox fills up and then refuses.
+    app = build_app(settings(tmp_path, outbox_max_pending=2), start_grpc=False)
+    with TestClient(app) as client:
+        codes = [client.post("/v1/feedback", json=thumbs(i), headers={"Authorization": "Bearer k1"}) for i in range(3)]
+        assert [r.status_code for r in codes] == [202, 202, 503]
+        assert "Retry-After" in codes[2].headers
+        assert client.get("/readyz").json()["outbox_pending"] == 2
