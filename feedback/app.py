@@ -15,7 +15,7 @@ from feedback.grpc_server import FeedbackServicer, start_grpc_server
 from feedback.limits import RateLimiter
 from feedback.metrics import FeedbackMetrics
 from feedback.outbox import Outbox
-from feedback.relay import Relay
+from feedback.relay import RelayProcess
 from feedback.service import FeedbackRejected, FeedbackService
 from flywheel.errors import error_body, register_error_handlers, validation_error_response
 from flywheel.http import RequestGuard
@@ -34,7 +34,12 @@ def build_app(settings: FeedbackSettings, start_grpc: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        outbox = Outbox(settings.outbox_path, settings.outbox_max_pending)
+        relay = RelayProcess(
+            settings.outbox_path, settings.kafka_bootstrap, settings.relay_batch, settings.outbox_retention_hours * 3600
+        )
+        metrics.watch_relay(relay.stats)
+        outbox = Outbox(settings.outbox_path, settings.outbox_max_pending, wake=relay.wake)
+        relay.start()
         service = FeedbackService(
             FeedbackToken(settings.feedback_token_secret),
             outbox,
@@ -42,10 +47,6 @@ def build_app(settings: FeedbackSettings, start_grpc: bool = True) -> FastAPI:
             settings,
             RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
         )
-        relay = Relay(
-            outbox, settings.kafka_bootstrap, metrics, batch=settings.relay_batch,
-            retention_s=settings.outbox_retention_hours * 3600,
-        ).start()  # fmt: skip
         grpc_server = None
         if start_grpc:
             servicer = FeedbackServicer(service, api_keys, settings.allow_anonymous)
@@ -59,7 +60,7 @@ def build_app(settings: FeedbackSettings, start_grpc: bool = True) -> FastAPI:
         finally:
             if grpc_server is not None:
                 await grpc_server.stop(grace=5)
-            relay.stop()
+            relay.stop(pending=lambda: outbox.pending)
             outbox.close()
 
     app = FastAPI(title="Flywheel feedback", version="1", lifespan=lifespan)

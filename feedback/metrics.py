@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 from flywheel.metrics import LATENCY_BUCKETS
 
@@ -45,12 +46,36 @@ class FeedbackMetrics:
         self.outbox_depth = Gauge(
             "flywheel_feedback_outbox_depth", "Accepted events not yet acked by Kafka.", registry=r
         )
-        self.published = Counter("flywheel_feedback_events_published", "Events acknowledged by Kafka.", registry=r)
-        self.publish_latency = Histogram(
-            "flywheel_feedback_publish_latency_seconds", "Time to publish one relay batch (acks=all).",
-            buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.relay_retries = Counter("flywheel_feedback_relay_retries", "Relay batches retried.", registry=r)
-        self.replayed = Counter(
-            "flywheel_feedback_events_replayed", "Events re-published because the broker lost them.", registry=r
+        self._relay_stats = None
+        r.register(self)  # the relay's counters live in its process; collect() reads them
+
+    def watch_relay(self, stats) -> None:
+        self._relay_stats = stats
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        """The relay process's counters, read from shared memory at scrape time."""
+        from feedback.relay import RelayStats
+
+        if self._relay_stats is None:
+            return
+        values = self._relay_stats.snapshot()
+        for name, doc, index in (
+            ("flywheel_feedback_events_published", "Events acknowledged by Kafka.", RelayStats.PUBLISHED),
+            ("flywheel_feedback_relay_retries", "Relay batches retried.", RelayStats.RETRIES),
+            ("flywheel_feedback_events_replayed", "Events re-published because the broker lost them.",
+             RelayStats.REPLAYED),
+        ):  # fmt: skip
+            yield CounterMetricFamily(name, doc, value=values[index])
+        buckets, cumulative = [], 0.0
+        for i, bound in enumerate((*RelayStats.BUCKETS, float("inf"))):
+            cumulative += values[5 + i]
+            buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
+        yield HistogramMetricFamily(
+            "flywheel_feedback_publish_latency_seconds",
+            "Time to publish one relay batch (acks=all).",
+            buckets=buckets,
+            sum_value=values[RelayStats.LATENCY_SUM],
         )

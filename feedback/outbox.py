@@ -1,9 +1,9 @@
-"""The feedback outbox: SQLite in WAL mode, synchronous=FULL, one writer thread.
+"""The feedback outbox: one SQLite file in WAL mode, shared by two processes.
 
-An event is committed (fsynced) here before the API answers 202; the relay then publishes it
-to Kafka and marks it published. Concurrent appends are committed together (group commit), so
-durability costs one fsync per batch, not per event. The idempotency key is unique: a retried
-request finds the event it already created.
+`Outbox` (the service process) commits each accepted event, fsynced, before the API answers
+202; concurrent appends share one commit (group commit), so durability costs one fsync per
+batch, not per event. `OutboxLedger` (the relay process) reads what is unpublished and marks
+what Kafka acknowledged. The idempotency key is unique: a retried request finds its event.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,32 +70,41 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
 
 
 class Outbox:
-    def __init__(self, path: Path, max_pending: int) -> None:
+    """The service's side: durable appends, and how many events still wait for Kafka."""
+
+    def __init__(self, path: Path, max_pending: int, wake: Callable[[], None] = lambda: None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.max_pending = max_pending
-        # Appends are fsynced before the API answers. The relay's bookkeeping is not: losing a
-        # "published" mark in a crash only republishes events, which consumers dedupe.
+        self._wake = wake  # tells the relay that rows were committed
         self._writer = _connect(path, "FULL")
         self._writer.executescript(_SCHEMA)
-        # Checkpoints run from the relay's side (checkpoint()), not inside a request's commit.
+        # Checkpoints run on the relay's side (OutboxLedger.checkpoint), not in a request's commit.
         self._writer.execute("PRAGMA wal_autocheckpoint=0")
-        self._reader = _connect(path, "NORMAL")
-        self._lock = threading.Lock()  # guards _pending and the reader connection
-        self._pending = self._reader.execute("SELECT COUNT(*) FROM events WHERE published_at IS NULL").fetchone()[0]
+        self._counter = _connect(path, "NORMAL")
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._counted_at = 0.0
         self._queue: queue.Queue[tuple[list[OutboxRecord], Future] | None] = queue.Queue()
-        self.new_events = threading.Event()  # set when rows were committed: wakes the relay
         self._thread = threading.Thread(target=self._write_loop, name="outbox-writer", daemon=True)
         self._thread.start()
 
     @property
     def pending(self) -> int:
-        return self._pending
+        """Events not yet acknowledged by Kafka: counted in the file at most every 250 ms."""
+        with self._lock:
+            if time.monotonic() - self._counted_at > 0.25:
+                self._pending = self._counter.execute(
+                    "SELECT COUNT(*) FROM events WHERE published_at IS NULL"
+                ).fetchone()[0]
+                self._counted_at = time.monotonic()
+            return self._pending
 
     def append_many(self, records: list[OutboxRecord]) -> Future[list[Appended]]:
         """Queue records for the next group commit; the future resolves once all are on disk."""
-        if self._pending + len(records) > self.max_pending:
-            raise OutboxFull(f"{self._pending} events are waiting for Kafka")
+        pending = self.pending
+        if pending + len(records) > self.max_pending:
+            raise OutboxFull(f"{pending} events are waiting for Kafka")
         future: Future[list[Appended]] = Future()
         self._queue.put((records, future))
         return future
@@ -150,19 +160,34 @@ class Outbox:
             return
         with self._lock:
             self._pending += inserted
-        self.new_events.set()
+        self._wake()
         position = 0
         for batch, future in group:
             future.set_result(results[position : position + len(batch)])
             position += len(batch)
 
-    # -- the relay's side
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+        self._writer.close()
+        self._counter.close()
+
+
+class OutboxLedger:
+    """The relay's side: unpublished events in order, and marks for what Kafka acknowledged.
+
+    Its commits are not fsynced: losing a "published" mark in a crash only republishes events,
+    which consumers dedupe by idempotency key.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._conn = _connect(path, "NORMAL")
+        self._conn.executescript(_SCHEMA)
 
     def unpublished(self, limit: int) -> list[PendingEvent]:
-        with self._lock:
-            rows = self._reader.execute(
-                "SELECT seq, kafka_key, payload FROM events WHERE published_at IS NULL ORDER BY seq LIMIT ?", (limit,)
-            ).fetchall()
+        rows = self._conn.execute(
+            "SELECT seq, kafka_key, payload FROM events WHERE published_at IS NULL ORDER BY seq LIMIT ?", (limit,)
+        ).fetchall()
         return [PendingEvent(*row) for row in rows]
 
     def mark_published(self, seqs: list[int]) -> None:
@@ -173,43 +198,29 @@ class Outbox:
         """
         if not seqs:
             return
-        with self._lock:
-            changed = self._reader.execute(
-                "UPDATE events SET published_at = ? WHERE published_at IS NULL AND seq <= ?", (time.time(), max(seqs))
-            ).rowcount
-            self._pending -= changed
+        self._conn.execute(
+            "UPDATE events SET published_at = ? WHERE published_at IS NULL AND seq <= ?", (time.time(), max(seqs))
+        )
 
     def replay_published(self, keep_published: list[int]) -> int:
         """Mark every retained published event unpublished again (the broker lost them)."""
-        with self._lock:
-            conn = self._reader
-            conn.execute("BEGIN IMMEDIATE")
-            changed = conn.execute("UPDATE events SET published_at = NULL WHERE published_at IS NOT NULL").rowcount
-            for seq in keep_published:
-                changed -= conn.execute("UPDATE events SET published_at = ? WHERE seq = ?", (time.time(), seq)).rowcount
-            conn.execute("COMMIT")
-            self._pending += changed
-        self.new_events.set()
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        changed = conn.execute("UPDATE events SET published_at = NULL WHERE published_at IS NOT NULL").rowcount
+        for seq in keep_published:
+            changed -= conn.execute("UPDATE events SET published_at = ? WHERE seq = ?", (time.time(), seq)).rowcount
+        conn.execute("COMMIT")
         return changed
 
     def checkpoint(self) -> None:
         """Copy the WAL back into the database without blocking appends (PASSIVE)."""
-        with self._lock:
-            self._reader.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def prune(self, retention_s: float) -> int:
         """Forget published events older than the retention (their idempotency keys go with them)."""
-        with self._lock:
-            return self._reader.execute(
-                "DELETE FROM events WHERE published_at IS NOT NULL AND published_at < ?", (time.time() - retention_s,)
-            ).rowcount
-
-    def count(self) -> int:
-        with self._lock:
-            return self._reader.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        return self._conn.execute(
+            "DELETE FROM events WHERE published_at IS NOT NULL AND published_at < ?", (time.time() - retention_s,)
+        ).rowcount
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=10)
-        self._writer.close()
-        self._reader.close()
+        self._conn.close()

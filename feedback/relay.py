@@ -1,68 +1,124 @@
 """The relay: publishes outbox events to Kafka in order and marks them published once acked.
 
-acks=all and the idempotent producer; a failed batch stays unpublished and is retried until
-the broker acknowledges it. Duplicates after a partial failure are possible, so consumers
-dedupe by idempotency key. If the broker hands out offsets below ones it already acknowledged,
-it lost data (the local in-memory broker after a restart): every retained event is replayed.
+It runs in a child process of the feedback service (kafka-python's producer is CPU-heavy and
+would otherwise share the GIL with the API), holding a file lock so only one relay works an
+outbox. acks=all and the idempotent producer; a failed batch stays unpublished and is retried
+until the broker acknowledges it. Duplicates after a partial failure are possible, so
+consumers dedupe by idempotency key. If the broker hands out offsets below ones it already
+acknowledged, or its topic is gone after a reconnect, it lost data (the local in-memory broker
+after a restart): every retained event is replayed.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
-import threading
+import multiprocessing
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from feedback.metrics import FeedbackMetrics
-from feedback.outbox import Outbox
+from feedback.outbox import OutboxLedger
 from flywheel.kafka import create_topics, make_producer
+from flywheel.metrics import LATENCY_BUCKETS
 from flywheel.settings import TOPIC_FEEDBACK
 
 log = logging.getLogger(__name__)
 
 
+class RelayStats:
+    """Counters the relay process shares with the service process (one shared array)."""
+
+    PUBLISHED, RETRIES, REPLAYED, LATENCY_SUM, LATENCY_COUNT = range(5)
+    BUCKETS = LATENCY_BUCKETS
+
+    def __init__(self) -> None:
+        self.values = multiprocessing.get_context("spawn").Array("d", 5 + len(self.BUCKETS) + 1)
+
+    def add(self, index: int, amount: float = 1.0) -> None:
+        with self.values.get_lock():
+            self.values[index] += amount
+
+    def observe_latency(self, seconds: float) -> None:
+        with self.values.get_lock():
+            self.values[self.LATENCY_SUM] += seconds
+            self.values[self.LATENCY_COUNT] += 1
+            for i, bound in enumerate((*self.BUCKETS, float("inf"))):
+                if seconds <= bound:
+                    self.values[5 + i] += 1
+
+    def snapshot(self) -> list[float]:
+        with self.values.get_lock():
+            return list(self.values)
+
+
 class Relay:
+    """The publishing loop; `run` returns when `should_stop()` says so."""
+
     def __init__(
         self,
-        outbox: Outbox,
+        ledger: OutboxLedger,
         bootstrap: str,
-        metrics: FeedbackMetrics,
+        stats: RelayStats,
         batch: int = 500,
         retention_s: float = 86_400.0,
         producer_factory: Callable[[str], KafkaProducer] = make_producer,
         backoff_s: float = 0.5,
     ) -> None:
-        self.outbox = outbox
+        self.ledger = ledger
         self.bootstrap = bootstrap
-        self.metrics = metrics
+        self.stats = stats
         self.batch = batch
         self.retention_s = retention_s
         self._producer_factory = producer_factory
         self._backoff_s = backoff_s
         self._producer: KafkaProducer | None = None
         self._high_offsets: dict[int, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="feedback-relay", daemon=True)
         self._last_prune = 0.0
         self._last_checkpoint = 0.0
         self._failing_since: float | None = None
-        self.broker_losses = 0
 
-    def start(self) -> Relay:
-        self._thread.start()
-        return self
+    def run(self, should_stop: Callable[[], bool], wait_for_events: Callable[[float], object]) -> None:
+        try:
+            while not should_stop():
+                if not self.publish_once():
+                    wait_for_events(0.2)
+        finally:
+            self._reset_producer()
 
-    def stop(self, drain_timeout_s: float = 5.0) -> None:
-        deadline = time.monotonic() + drain_timeout_s
-        while self.outbox.pending and time.monotonic() < deadline and self._producer is not None:
-            time.sleep(0.05)
-        self._stop.set()
-        self.outbox.new_events.set()
-        self._thread.join(timeout=drain_timeout_s + 5)
-        self._reset_producer()
+    def publish_once(self) -> bool:
+        """Publish one batch; False when there was nothing to publish."""
+        self._maintain()
+        pending = self.ledger.unpublished(self.batch)
+        if not pending:
+            return False
+        started = time.perf_counter()
+        try:
+            producer = self._producer_or_connect()
+            futures = [producer.send(TOPIC_FEEDBACK, key=e.kafka_key.encode(), value=e.payload) for e in pending]
+            producer.flush(timeout=30)
+            records = [future.get(timeout=0) for future in futures]
+        except (KafkaError, OSError, TimeoutError) as exc:
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
+                log.warning("publishing feedback to Kafka failed (%s); retrying until it acknowledges", exc)
+            self.stats.add(RelayStats.RETRIES)
+            self._reset_producer()
+            time.sleep(self._backoff_s)
+            return True
+        if self._failing_since is not None:
+            log.info("Kafka acknowledged feedback again after %.1f s", time.monotonic() - self._failing_since)
+            self._failing_since = None
+        seqs = [e.seq for e in pending]
+        self.ledger.mark_published(seqs)
+        self.stats.add(RelayStats.PUBLISHED, len(pending))
+        self.stats.observe_latency(time.perf_counter() - started)
+        self._check_offsets(records, seqs)
+        return True
 
     def _producer_or_connect(self) -> KafkaProducer:
         if self._producer is None:
@@ -81,40 +137,6 @@ class Relay:
                 pass
             self._producer = None
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.metrics.outbox_depth.set(self.outbox.pending)
-            self._maybe_prune()
-            self._maybe_checkpoint()
-            pending = self.outbox.unpublished(self.batch)
-            if not pending:
-                self.outbox.new_events.wait(timeout=0.5)
-                self.outbox.new_events.clear()
-                continue
-            started = time.perf_counter()
-            try:
-                producer = self._producer_or_connect()
-                futures = [producer.send(TOPIC_FEEDBACK, key=e.kafka_key.encode(), value=e.payload) for e in pending]
-                producer.flush(timeout=30)
-                records = [future.get(timeout=0) for future in futures]
-            except (KafkaError, OSError, TimeoutError) as exc:
-                if self._failing_since is None:
-                    self._failing_since = time.monotonic()
-                    log.warning("publishing feedback to Kafka failed (%s); retrying until it acknowledges", exc)
-                self.metrics.relay_retries.inc()
-                self._reset_producer()
-                self._stop.wait(self._backoff_s)
-                continue
-            if self._failing_since is not None:
-                log.info("Kafka acknowledged feedback again after %.1f s", time.monotonic() - self._failing_since)
-                self._failing_since = None
-            seqs = [e.seq for e in pending]
-            self.outbox.mark_published(seqs)
-            elapsed = time.perf_counter() - started
-            self.metrics.published.inc(len(pending))
-            self.metrics.publish_latency.observe(elapsed)
-            self._check_offsets(records, seqs)
-
     def _check_offsets(self, records: list, seqs: list[int]) -> None:
         lost = any(r.offset <= self._high_offsets.get(r.partition, -1) for r in records)
         if lost:
@@ -125,19 +147,80 @@ class Relay:
             self._replay("offsets went back", keep=seqs)
 
     def _replay(self, why: str, keep: list[int]) -> None:
-        self.broker_losses += 1
-        replayed = self.outbox.replay_published(keep_published=keep)
-        self.metrics.replayed.inc(replayed)
+        replayed = self.ledger.replay_published(keep_published=keep)
+        self.stats.add(RelayStats.REPLAYED, replayed)
         log.warning("the broker lost acknowledged feedback (%s); replaying %d retained events", why, replayed)
 
-    def _maybe_checkpoint(self) -> None:
-        if time.monotonic() - self._last_checkpoint > 1.0:
-            self._last_checkpoint = time.monotonic()
-            self.outbox.checkpoint()
-
-    def _maybe_prune(self) -> None:
-        if time.monotonic() - self._last_prune > 60:
-            self._last_prune = time.monotonic()
-            pruned = self.outbox.prune(self.retention_s)
+    def _maintain(self) -> None:
+        now = time.monotonic()
+        if now - self._last_checkpoint > 1.0:
+            self._last_checkpoint = now
+            self.ledger.checkpoint()
+        if now - self._last_prune > 60:
+            self._last_prune = now
+            pruned = self.ledger.prune(self.retention_s)
             if pruned:
                 log.info("pruned %d published feedback events past retention", pruned)
+
+
+def _relay_main(outbox_path: str, bootstrap: str, batch: int, retention_s: float, stats: RelayStats,
+                wake, stop, parent_pid: int) -> None:  # fmt: skip
+    """Entry point of the relay process."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    path = Path(outbox_path)
+    with open(path.with_suffix(".relay-lock"), "w") as lock:
+        # One relay per outbox: a relay orphaned by a killed service holds the lock until it exits.
+        while not stop.is_set() and os.getppid() == parent_pid:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.2)
+        ledger = OutboxLedger(path)
+
+        def should_stop() -> bool:
+            return stop.is_set() or os.getppid() != parent_pid  # the service died: so do we
+
+        def wait_for_events(timeout: float) -> None:
+            if wake.wait(timeout):
+                wake.clear()
+
+        try:
+            Relay(ledger, bootstrap, stats, batch, retention_s).run(should_stop, wait_for_events)
+        finally:
+            ledger.close()
+
+
+class RelayProcess:
+    """The service's handle on its relay child process."""
+
+    def __init__(self, outbox_path: Path, bootstrap: str, batch: int, retention_s: float) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.stats = RelayStats()
+        self._wake = context.Event()
+        self._stop = context.Event()
+        self._process = context.Process(
+            target=_relay_main,
+            args=(str(outbox_path), bootstrap, batch, retention_s, self.stats, self._wake, self._stop, os.getpid()),
+            name="feedback-relay",
+            daemon=True,
+        )
+
+    def start(self) -> RelayProcess:
+        self._process.start()
+        return self
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, drain_s: float = 5.0, pending: Callable[[], int] = lambda: 0) -> None:
+        deadline = time.monotonic() + drain_s
+        while pending() and time.monotonic() < deadline and self._process.is_alive():
+            time.sleep(0.05)
+        self._stop.set()
+        self._wake.set()
+        self._process.join(timeout=10)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()

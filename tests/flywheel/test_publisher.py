@@ -1,6 +1,7 @@
 import time
 
 from flywheel.broker import Broker
+from flywheel.kafka import create_topics
 from flywheel.publisher import BufferedPublisher
 from tests.conftest import free_port
 from tests.kafka_helpers import consume
@@ -16,15 +17,16 @@ def _wait(predicate, timeout=30.0):
 
 
 def test_events_are_delivered_in_order(broker):
+    create_topics(broker.bootstrap, ["flywheel.test.publisher"])  # not a real topic: others decode those
     published = []
-    publisher = BufferedPublisher(broker.bootstrap, "flywheel.completions.v1", 100, on_published=published.append)
+    publisher = BufferedPublisher(broker.bootstrap, "flywheel.test.publisher", 100, on_published=published.append)
     publisher.start()
     for i in range(20):
         assert publisher.publish("same-key", f"order-{i}".encode())
     _wait(lambda: sum(published) == 20)
     publisher.close()
     records = consume(
-        broker.bootstrap, "flywheel.completions.v1", bytes, lambda r: sum(x.startswith(b"order-") for x in r) >= 20
+        broker.bootstrap, "flywheel.test.publisher", bytes, lambda r: sum(x.startswith(b"order-") for x in r) >= 20
     )
     ours = [r for r in records if r.startswith(b"order-")]
     assert ours == [f"order-{i}".encode() for i in range(20)]

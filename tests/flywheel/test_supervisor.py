@@ -26,10 +26,11 @@ def test_up_serves_and_stops_without_orphans(tiny_model, tmp_path):
     url = f"http://127.0.0.1:{serving_port}"
     try:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
+        feedback_url = f"http://127.0.0.1:{feedback_port}"
+        while time.monotonic() < deadline:  # children start in order; feedback is the last
             assert up.poll() is None, up.stdout.read()
             try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{feedback_url}/readyz", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
@@ -42,7 +43,7 @@ def test_up_serves_and_stops_without_orphans(tiny_model, tmp_path):
         names = " ".join(" ".join(p.cmdline()) for p in family)
         assert "tansu" in names and "serve" in names and "feedback" in names
         assert len(family) >= 5  # broker, tansu, serving and its engine, feedback
-        assert httpx.get(f"http://127.0.0.1:{feedback_port}/readyz").status_code == 200
+        assert httpx.get(f"{url}/readyz").status_code == 200
         up.send_signal(signal.SIGTERM)
         output, _ = up.communicate(timeout=60)
         assert up.returncode == 0, output
