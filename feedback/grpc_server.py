@@ -6,6 +6,7 @@ per event, in order. gRPC health checking reports SERVING once the outbox is ope
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
@@ -105,6 +106,7 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, exc.message)
         response = feedback_pb2.BulkSubmitResponse()
         window: list[tuple[int, Prepared]] = []  # (position in the response, event)
+        in_flight: list[asyncio.Task] = []  # windows being committed while the stream is read on
         async for item in request_iterator:
             kind = item.WhichOneof("item") or "missing"
             try:
@@ -116,9 +118,12 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
                 self.service.reject(kind, exc.reason)
                 response.results.append(self._rejected(exc))
             if len(window) >= _WINDOW:  # one group commit per window bounds memory and fsyncs
-                await self._commit_window(window, response)
+                in_flight.append(asyncio.ensure_future(self._commit_window(window, response)))
                 window = []
-        await self._commit_window(window, response)
+                if len(in_flight) > 2:
+                    await in_flight.pop(0)
+        in_flight.append(asyncio.ensure_future(self._commit_window(window, response)))
+        await asyncio.gather(*in_flight)
         response.accepted = sum(r.status == feedback_pb2.FEEDBACK_STATUS_ACCEPTED for r in response.results)
         response.rejected = len(response.results) - response.accepted
         return response

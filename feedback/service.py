@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass
 
 from feedback.limits import RateLimiter
@@ -94,7 +95,9 @@ class FeedbackService:
     def _key(self, user_id: str, client_key: str | None, *content: object) -> str:
         # Client keys are scoped to the user, so two users cannot collide; derived keys cover
         # the content, so a changed rating is a new event while a retry is the same one.
-        return f"client:{_digest(user_id, client_key)}" if client_key else f"derived:{_digest(user_id, *content)}"
+        if client_key:
+            return "client:" + hashlib.sha256(f"{user_id}\x1f{client_key}".encode()).hexdigest()
+        return f"derived:{_digest(user_id, *content)}"
 
     def prepare_thumbs(self, body: FeedbackCreate, user_id: str) -> Prepared:
         kind = "thumbs"
@@ -114,19 +117,19 @@ class FeedbackService:
             )
         claims = self._claims(body.feedback_token, body.completion_id, body.choice_index, user_id, "feedback_token")
         self._rate_limit(user_id, kind)
-        thumbs = events_pb2.Thumbs(
-            choice_index=body.choice_index,
-            rating=events_pb2.RATING_UP if body.rating == "up" else events_pb2.RATING_DOWN,
-            comment=body.comment or "",
-            dimensions=body.dimensions or {},
-            flags=sorted(set(body.flags or [])),
-        )
+        flags = sorted(set(body.flags)) if body.flags else []
         key = self._key(
             user_id, body.idempotency_key, kind, body.completion_id, body.choice_index, body.rating,
-            body.comment, body.dimensions, sorted(set(body.flags or [])),
+            body.comment, body.dimensions, flags,
         )  # fmt: skip
         event = self._event(body.completion_id, user_id, claims.policy_version, key, [claims.policy_version])
-        event.thumbs.CopyFrom(thumbs)
+        thumbs = event.thumbs
+        thumbs.choice_index = body.choice_index
+        thumbs.rating = events_pb2.RATING_UP if body.rating == "up" else events_pb2.RATING_DOWN
+        thumbs.comment = body.comment or ""
+        if body.dimensions:
+            thumbs.dimensions.update(body.dimensions)
+        thumbs.flags.extend(flags)
         return Prepared(self._record(event, kind), kind, [claims], claims.policy_version, body.rating)
 
     def prepare_comparison(self, body: ComparisonCreate, user_id: str) -> Prepared:
@@ -224,15 +227,25 @@ class FeedbackService:
             raise FeedbackRejected(503, "outbox_full", f"feedback is not being accepted right now: {exc}",
                                    retry_after=5) from None  # fmt: skip
         appended = await asyncio.wrap_future(future)
+        counts: Counter[tuple[str, ...]] = Counter()  # count first: one metric update per label set
         for item, result in zip(prepared, appended, strict=True):
             if result.duplicate:
-                self.metrics.duplicates.labels(item.kind).inc()
+                counts["duplicate", item.kind] += 1
                 continue
-            self.metrics.accepted.labels(item.kind, transport).inc()
+            counts["accepted", item.kind] += 1
             if item.kind == "thumbs":
-                self.metrics.thumbs.labels(item.policy_version, item.rating).inc()
+                counts["thumbs", item.policy_version, item.rating] += 1
             elif item.kind == "comparison":
-                self.metrics.comparisons.labels(item.policy_version).inc()
+                counts["comparison", item.policy_version] += 1
+        for (what, *labels), count in counts.items():
+            if what == "duplicate":
+                self.metrics.duplicates.labels(*labels).inc(count)
+            elif what == "accepted":
+                self.metrics.accepted.labels(*labels, transport).inc(count)
+            elif what == "thumbs":
+                self.metrics.thumbs.labels(*labels).inc(count)
+            else:
+                self.metrics.comparisons.labels(*labels).inc(count)
         return appended
 
     def reject(self, kind: str, reason: str) -> None:

@@ -52,7 +52,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 
     settings = FeedbackSettings(**_overrides(args, ["host", "port", "grpc_port", "data_dir", "kafka_bootstrap"]))
     uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level="warning",
-                timeout_graceful_shutdown=10)  # fmt: skip
+                access_log=False, timeout_graceful_shutdown=10)  # fmt: skip
     return 0
 
 

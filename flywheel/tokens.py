@@ -8,7 +8,6 @@ that the claims match the request. Tokens are opaque strings to clients.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import json
 import time
@@ -48,7 +47,7 @@ class FeedbackToken:
         self._key = secret.encode("utf-8")
 
     def _sign(self, payload: str) -> str:
-        return _b64(hmac.new(self._key, payload.encode("ascii"), hashlib.sha256).digest())
+        return _b64(hmac.digest(self._key, payload.encode("ascii"), "sha256"))
 
     def issue(
         self,

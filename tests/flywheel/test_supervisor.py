@@ -52,5 +52,11 @@ def test_up_serves_and_stops_without_orphans(tiny_model, tmp_path):
         alive = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         assert alive == [], [p.cmdline() for p in alive]
     finally:
-        if up.poll() is None:
-            up.kill()
+        if up.poll() is None:  # the test failed early: stop it as a user would, then make sure
+            up.send_signal(signal.SIGTERM)
+            try:
+                up.wait(60)
+            except subprocess.TimeoutExpired:
+                for child in psutil.Process(up.pid).children(recursive=True):
+                    child.kill()
+                up.kill()
