@@ -172,7 +172,7 @@ async def _http_load(url: str) -> dict:
 
 
 def phase_http(model: str) -> dict:
-    import httpx
+    from flywheel.supervisor import wait_http_ready
 
     port = 18765
     env = {**os.environ, "FLYWHEEL_KAFKA_BOOTSTRAP": "127.0.0.1:1", "FLYWHEEL_DATA_DIR": str(ROOT / ".flywheel")}
@@ -183,16 +183,7 @@ def phase_http(model: str) -> dict:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("server did not start; see .flywheel/bench-serving.log")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
+        wait_http_ready(f"{url}/readyz", server, timeout_s=600)  # its log: .flywheel/bench-serving.log
         return asyncio.run(_http_load(url))
     finally:
         os.killpg(server.pid, signal.SIGTERM)

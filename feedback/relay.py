@@ -23,7 +23,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from feedback.outbox import OutboxLedger
-from flywheel.kafka import create_topics, make_producer
+from flywheel.kafka import close_quietly, create_topics, make_producer
 from flywheel.metrics import LATENCY_BUCKETS
 from flywheel.settings import TOPIC_FEEDBACK
 
@@ -130,12 +130,8 @@ class Relay:
         return self._producer
 
     def _reset_producer(self) -> None:
-        if self._producer is not None:
-            try:
-                self._producer.close(timeout=0)
-            except KafkaError:
-                pass
-            self._producer = None
+        close_quietly(self._producer)
+        self._producer = None
 
     def _check_offsets(self, records: list, seqs: list[int]) -> None:
         lost = any(r.offset <= self._high_offsets.get(r.partition, -1) for r in records)

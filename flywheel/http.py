@@ -9,11 +9,25 @@ from __future__ import annotations
 import json
 import time
 
+from fastapi import Request
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from flywheel.auth import Unauthorized, resolve_user
+from flywheel.errors import APIError
+
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+
+
+def caller_id(request: Request, authorization: str | None) -> str:
+    """The user behind an HTTP request (API key, or anonymous by address); 401 otherwise."""
+    state = request.app.state
+    client = request.client.host if request.client else None
+    try:
+        return resolve_user(authorization, state.api_keys, state.settings.allow_anonymous, client)
+    except Unauthorized as exc:
+        raise APIError(401, str(exc), type_="authentication_error", code="invalid_api_key") from None
 
 
 class RequestGuard:

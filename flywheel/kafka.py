@@ -37,6 +37,16 @@ def make_producer(bootstrap: str, **overrides: object) -> KafkaProducer:
     return KafkaProducer(**options)
 
 
+def close_quietly(producer: KafkaProducer | None) -> None:
+    """Close a producer that may be broken (after a failure), without waiting or raising."""
+    if producer is None:
+        return
+    try:
+        producer.close(timeout=0)
+    except KafkaError:
+        pass
+
+
 def make_consumer(bootstrap: str, group_id: str | None, topics: Iterable[str], **overrides: object) -> KafkaConsumer:
     options: dict[str, object] = {
         "bootstrap_servers": bootstrap,

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from flywheel.kafka import make_producer
+from flywheel.kafka import close_quietly, make_producer
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +129,5 @@ class BufferedPublisher:
                 self._failing_since = None
 
     def _reset_producer(self) -> None:
-        if self._producer is not None:
-            try:
-                self._producer.close(timeout=0)
-            except KafkaError:
-                pass
-            self._producer = None
+        close_quietly(self._producer)
+        self._producer = None

@@ -39,6 +39,18 @@ def http_ready(url: str) -> Callable[[], bool]:
     return check
 
 
+def wait_http_ready(url: str, process: subprocess.Popen | None = None, timeout_s: float = 300.0) -> None:
+    """Poll `url` until it answers 200; fail early if `process` exits first."""
+    ready = http_ready(url)
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the process exited with code {process.returncode} before {url} was ready")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} not ready within {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
 def tcp_ready(host: str, port: int) -> Callable[[], bool]:
     return lambda: port_open(host, port)
 

@@ -11,15 +11,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from flywheel.broker import Broker
 from flywheel.models import build_tiny_model
+from flywheel.supervisor import wait_http_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_SECRET = "test-secret-not-for-production"
@@ -87,17 +86,10 @@ def stop_process(process: subprocess.Popen, timeout: float = 30) -> None:
 
 
 def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout: float = 420) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"server not ready in {timeout} s:\n{log_path.read_text()[-4000:]}")
+    try:
+        wait_http_ready(f"{url}/readyz", process, timeout)
+    except (RuntimeError, TimeoutError) as exc:
+        raise RuntimeError(f"{exc}:\n{log_path.read_text()[-4000:]}") from None
 
 
 def serving_env(tmp: Path, kafka: str, **extra: str) -> dict[str, str]:

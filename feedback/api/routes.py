@@ -13,8 +13,9 @@ from feedback.protocol import (
     PreferenceImport,
 )
 from feedback.service import FeedbackRejected, FeedbackService
-from flywheel.auth import Unauthorized, bearer_key, resolve_user
+from flywheel.auth import bearer_key
 from flywheel.errors import APIError, ErrorResponse
+from flywheel.http import caller_id
 
 router = APIRouter()
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 413, 429, 503)}
@@ -22,15 +23,6 @@ _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 413, 429, 
 
 def feedback_service(request: Request) -> FeedbackService:
     return request.app.state.feedback
-
-
-def caller(request: Request, authorization: str | None) -> str:
-    state = request.app.state
-    client = request.client.host if request.client else None
-    try:
-        return resolve_user(authorization, state.api_keys, state.settings.allow_anonymous, client)
-    except Unauthorized as exc:
-        raise APIError(401, str(exc), type_="authentication_error", code="invalid_api_key") from None
 
 
 def _accepted(prepared, appended) -> JSONResponse:
@@ -46,14 +38,14 @@ def _accepted(prepared, appended) -> JSONResponse:
 @router.post("/v1/feedback", status_code=202, response_model=FeedbackAccepted, responses=_ERRORS)
 async def create_feedback(body: FeedbackCreate, request: Request, authorization: str | None = Header(default=None)):
     service = feedback_service(request)
-    prepared = service.prepare_thumbs(body, caller(request, authorization))
+    prepared = service.prepare_thumbs(body, caller_id(request, authorization))
     return _accepted(prepared, await service.submit(prepared, "rest"))
 
 
 @router.post("/v1/comparisons", status_code=202, response_model=FeedbackAccepted, responses=_ERRORS)
 async def create_comparison(body: ComparisonCreate, request: Request, authorization: str | None = Header(default=None)):
     service = feedback_service(request)
-    prepared = service.prepare_comparison(body, caller(request, authorization))
+    prepared = service.prepare_comparison(body, caller_id(request, authorization))
     return _accepted(prepared, await service.submit(prepared, "rest"))
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
 
-from flywheel.auth import Unauthorized, resolve_user
 from flywheel.errors import APIError, ErrorResponse, error_body
+from flywheel.http import caller_id
 from serving.chat import ChatService
 from serving.protocol import ChatCompletionRequest, ChatCompletionResponse, ModelCard, ModelList
 
@@ -22,15 +22,6 @@ def chat_service(request: Request) -> ChatService:
     return service
 
 
-def user_id(request: Request, authorization: str | None) -> str:
-    state = request.app.state
-    client = request.client.host if request.client else None
-    try:
-        return resolve_user(authorization, state.api_keys, state.settings.allow_anonymous, client)
-    except Unauthorized as exc:
-        raise APIError(401, str(exc), type_="authentication_error", code="invalid_api_key") from None
-
-
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=_ERRORS)
 async def create_chat_completion(
     body: ChatCompletionRequest,
@@ -38,7 +29,7 @@ async def create_chat_completion(
     authorization: str | None = Header(default=None),
 ):
     service = chat_service(request)
-    prepared = service.prepare(body, user_id(request, authorization), stream=body.stream)
+    prepared = service.prepare(body, caller_id(request, authorization), stream=body.stream)
     if body.stream:
         return StreamingResponse(
             service.stream(prepared),

@@ -9,6 +9,7 @@ import httpx
 import psutil
 import pytest
 
+from flywheel.supervisor import wait_http_ready
 from tests.conftest import free_port, serving_env
 
 pytestmark = pytest.mark.engine
@@ -25,16 +26,8 @@ def test_up_serves_and_stops_without_orphans(tiny_model, tmp_path):
     )  # fmt: skip
     url = f"http://127.0.0.1:{serving_port}"
     try:
-        deadline = time.monotonic() + 300
-        feedback_url = f"http://127.0.0.1:{feedback_port}"
-        while time.monotonic() < deadline:  # children start in order; feedback is the last
-            assert up.poll() is None, up.stdout.read()
-            try:
-                if httpx.get(f"{feedback_url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
+        # Children start in order; feedback is the last.
+        wait_http_ready(f"http://127.0.0.1:{feedback_port}/readyz", up, timeout_s=300)
         response = httpx.post(
             f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
         )
