@@ -49,7 +49,7 @@ def build_app(settings: FeedbackSettings, start_grpc: bool = True) -> FastAPI:
         )
         grpc_server = None
         if start_grpc:
-            servicer = FeedbackServicer(service, api_keys, settings.allow_anonymous)
+            servicer = FeedbackServicer(service, api_keys, settings.allow_anonymous, settings.max_bulk_events)
             grpc_server = await start_grpc_server(servicer, settings.host, settings.grpc_port)
         app.state.feedback = service
         app.state.outbox = outbox

@@ -62,7 +62,10 @@ def _validation_message(exc: ValidationError) -> str:
 
 
 class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
-    def __init__(self, service: FeedbackService, api_keys: dict[str, str], allow_anonymous: bool) -> None:
+    def __init__(
+        self, service: FeedbackService, api_keys: dict[str, str], allow_anonymous: bool, max_bulk_events: int = 100_000
+    ) -> None:
+        self.max_bulk_events = max_bulk_events
         self.service = service
         self.api_keys = api_keys
         self.allow_anonymous = allow_anonymous
@@ -117,6 +120,8 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
             except FeedbackRejected as exc:
                 self.service.reject(kind, exc.reason)
                 response.results.append(self._rejected(exc))
+            if len(response.results) >= self.max_bulk_events:
+                break  # the rest of the stream is not read: the response says how far it got
             if len(window) >= _WINDOW:  # one group commit per window bounds memory and fsyncs
                 in_flight.append(asyncio.ensure_future(self._commit_window(window, response)))
                 window = []

@@ -125,6 +125,7 @@ class FeedbackSettings(CommonSettings):
     outbox_max_pending: int = Field(100_000, description="Unpublished events held before answering 503.")
     outbox_retention_hours: float = Field(24.0, description="How long published events (and keys) are kept.")
     relay_batch: int = Field(500, description="Events per Kafka batch.")
+    max_bulk_events: int = Field(100_000, description="Most events one gRPC BulkSubmit stream may carry.")
 
     @model_validator(mode="after")
     def _check_admin_key(self) -> FeedbackSettings:

@@ -79,3 +79,17 @@ def test_bulk_stream_answers_each_event_in_order(stub):
     assert all(r.event_id for i, r in enumerate(reply.results) if i not in (10, 20))
     again = stub.BulkSubmit(iter(items[:5]), metadata=ALICE)  # retries: the same events
     assert [r.event_id for r in again.results] == [r.event_id for r in reply.results[:5]]
+
+
+def test_bulk_stream_stops_reading_at_its_limit(broker, tmp_path):
+    from tests.conftest import feedback_env, start_feedback, stop_process
+
+    server = start_feedback(tmp_path, feedback_env(tmp_path, broker.bootstrap, FLYWHEEL_MAX_BULK_EVENTS="5"))
+    try:
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            stub = feedback_pb2_grpc.FeedbackServiceStub(channel)
+            items = [feedback_pb2.BulkSubmitRequest(thumbs=thumbs(f"limit-{i}")) for i in range(8)]
+            reply = stub.BulkSubmit(iter(items), metadata=ALICE)
+        assert len(reply.results) == 5 and reply.accepted == 5  # the client sees three were not read
+    finally:
+        stop_process(server.process)
