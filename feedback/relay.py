@@ -15,6 +15,7 @@ import fcntl
 import logging
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -160,14 +161,21 @@ class Relay:
 
 
 def _relay_main(outbox_path: str, bootstrap: str, batch: int, retention_s: float, stats: RelayStats,
-                wake, stop, parent_pid: int) -> None:  # fmt: skip
-    """Entry point of the relay process."""
+                wake, parent_pid: int) -> None:  # fmt: skip
+    """Entry point of the relay process. SIGTERM (from the service, or its process group) stops it."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the service's to handle
+
+    def should_stop() -> bool:
+        return bool(stopping) or os.getppid() != parent_pid  # the service died: so do we
+
     path = Path(outbox_path)
     with open(path.with_suffix(".relay-lock"), "w") as lock:
         # One relay per outbox: a relay orphaned by a killed service holds the lock until it exits.
-        while not stop.is_set() and os.getppid() == parent_pid:
+        while not should_stop():
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
@@ -175,12 +183,12 @@ def _relay_main(outbox_path: str, bootstrap: str, batch: int, retention_s: float
                 time.sleep(0.2)
         ledger = OutboxLedger(path)
 
-        def should_stop() -> bool:
-            return stop.is_set() or os.getppid() != parent_pid  # the service died: so do we
-
         def wait_for_events(timeout: float) -> None:
-            if wake.wait(timeout):
-                wake.clear()
+            # A pipe, not a multiprocessing Event: an Event's setter deadlocks when its waiter
+            # dies, and the relay may be killed at any time.
+            if wake.poll(timeout):
+                while wake.poll(0):
+                    wake.recv_bytes()
 
         try:
             Relay(ledger, bootstrap, stats, batch, retention_s).run(should_stop, wait_for_events)
@@ -194,11 +202,11 @@ class RelayProcess:
     def __init__(self, outbox_path: Path, bootstrap: str, batch: int, retention_s: float) -> None:
         context = multiprocessing.get_context("spawn")
         self.stats = RelayStats()
-        self._wake = context.Event()
-        self._stop = context.Event()
+        wake_reader, self._wake = context.Pipe(duplex=False)
+        os.set_blocking(self._wake.fileno(), False)  # waking never blocks the service
         self._process = context.Process(
             target=_relay_main,
-            args=(str(outbox_path), bootstrap, batch, retention_s, self.stats, self._wake, self._stop, os.getpid()),
+            args=(str(outbox_path), bootstrap, batch, retention_s, self.stats, wake_reader, os.getpid()),
             name="feedback-relay",
             daemon=True,
         )
@@ -208,15 +216,20 @@ class RelayProcess:
         return self
 
     def wake(self) -> None:
-        self._wake.set()
+        """Tell the relay that events were committed (a byte down a pipe; dropped when full)."""
+        try:
+            self._wake.send_bytes(b"!")
+        except (BlockingIOError, BrokenPipeError, OSError):
+            pass  # full (it will wake anyway) or gone (it is being restarted)
 
     def stop(self, drain_s: float = 5.0, pending: Callable[[], int] = lambda: 0) -> None:
+        """Give the relay `drain_s` to publish what is pending, then stop it."""
         deadline = time.monotonic() + drain_s
-        while pending() and time.monotonic() < deadline and self._process.is_alive():
+        while self._process.is_alive() and pending() and time.monotonic() < deadline:
             time.sleep(0.05)
-        self._stop.set()
-        self._wake.set()
-        self._process.join(timeout=10)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(timeout=10)
         if self._process.is_alive():
             self._process.kill()
-            self._process.join()
+        self._process.join()
