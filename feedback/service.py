@@ -48,7 +48,6 @@ class FeedbackRejected(Exception):
 class Prepared:
     record: OutboxRecord
     kind: str
-    claims: list[TokenClaims]
     policy_version: str = ""
     rating: str = ""
 
@@ -87,7 +86,7 @@ class FeedbackService:
             raise FeedbackRejected(403, "other_user", "feedback_token was issued to another user", param)
         return claims
 
-    def _rate_limit(self, user_id: str, kind: str) -> None:
+    def _rate_limit(self, user_id: str) -> None:
         wait = self.limiter.allow(user_id)
         if wait:
             raise FeedbackRejected(429, "rate_limited", "too much feedback; slow down", retry_after=wait)
@@ -116,7 +115,7 @@ class FeedbackService:
                 400, "invalid", f"unknown flags {sorted(bad_flags)}; known: {sorted(self._flags)}", "flags"
             )
         claims = self._claims(body.feedback_token, body.completion_id, body.choice_index, user_id, "feedback_token")
-        self._rate_limit(user_id, kind)
+        self._rate_limit(user_id)
         flags = sorted(set(body.flags)) if body.flags else []
         key = self._key(
             user_id, body.idempotency_key, kind, body.completion_id, body.choice_index, body.rating,
@@ -130,7 +129,7 @@ class FeedbackService:
         if body.dimensions:
             thumbs.dimensions.update(body.dimensions)
         thumbs.flags.extend(flags)
-        return Prepared(self._record(event, kind), kind, [claims], claims.policy_version, body.rating)
+        return Prepared(self._record(event, kind), kind, claims.policy_version, body.rating)
 
     def prepare_comparison(self, body: ComparisonCreate, user_id: str) -> Prepared:
         kind = "comparison"
@@ -145,12 +144,12 @@ class FeedbackService:
                 400, "invalid", f"the completion has {claims[0].choice_count} choices; send one token for each",
                 "feedback_tokens",
             )  # fmt: skip
-        self._rate_limit(user_id, kind)
+        self._rate_limit(user_id)
         versions = [c.policy_version for c in claims]
         key = self._key(user_id, body.idempotency_key, kind, body.completion_id, ranking, body.strength)
         event = self._event(body.completion_id, user_id, versions[ranking[0]], key, versions)
         event.comparison.CopyFrom(events_pb2.Comparison(ranking=ranking, strength=_STRENGTHS[body.strength]))
-        return Prepared(self._record(event, kind), kind, claims, versions[ranking[0]])
+        return Prepared(self._record(event, kind), kind, versions[ranking[0]])
 
     @staticmethod
     def _ranking(body: ComparisonCreate, count: int) -> list[int]:
@@ -192,7 +191,7 @@ class FeedbackService:
                 prompt=[events_pb2.ChatMessage(**m) for m in prompt], chosen=chosen, rejected=rejected, source=source
             )
         )
-        return Prepared(self._record(event, "import"), "import", [])
+        return Prepared(self._record(event, "import"), "import")
 
     # -- durable submission
 

@@ -100,11 +100,6 @@ class ServingSettings(CommonSettings):
     max_num_seqs: int = 32
     policy_version: str = Field("base", description="Version name of the base policy.")
     event_buffer_size: int = Field(10_000, description="Completion events held while Kafka is down.")
-    cors_origins: str = ""
-
-
-def load_serving_settings(**overrides: object) -> ServingSettings:
-    return ServingSettings(**overrides)  # type: ignore[arg-type]
 
 
 class FeedbackSettings(CommonSettings):
@@ -119,7 +114,6 @@ class FeedbackSettings(CommonSettings):
     comment_max_chars: int = Field(2_000, description="Longest comment accepted.")
     dimensions: str = Field("helpfulness,accuracy,safety,tone", description="Dimension names, 1..5 scores.")
     flags: str = Field("harmful,incorrect,off_topic,unsafe,other", description="Flags a user may raise.")
-    max_idempotency_key_chars: int = 128
     rate_limit_per_s: float = Field(50.0, description="Sustained feedback events per user per second.")
     rate_limit_burst: int = Field(200, description="Events a user may send in one burst.")
     outbox_max_pending: int = Field(100_000, description="Unpublished events held before answering 503.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
 
-from flywheel.errors import APIError, ErrorResponse, error_body
+from flywheel.errors import APIError, ErrorResponse
 from flywheel.http import caller_id
 from serving.chat import ChatService
 from serving.protocol import ChatCompletionRequest, ChatCompletionResponse, ModelCard, ModelList
@@ -53,6 +53,3 @@ async def list_models(request: Request) -> ModelList:
             )
         ]
     )
-
-
-__all__ = ["error_body", "router"]
