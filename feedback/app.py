@@ -39,7 +39,12 @@ def build_app(settings: FeedbackSettings, start_grpc: bool = True) -> FastAPI:
             settings.outbox_path, settings.kafka_bootstrap, settings.relay_batch, settings.outbox_retention_hours * 3600
         )
         metrics.watch_relay(relay.stats)
-        outbox = Outbox(settings.outbox_path, settings.outbox_max_pending, wake=relay.wake)
+        outbox = Outbox(
+            settings.outbox_path,
+            settings.outbox_max_pending,
+            wake=relay.wake,
+            observe_commit=metrics.outbox_commit_latency.observe,
+        )
         relay.start()
         service = FeedbackService(
             FeedbackToken(settings.feedback_token_secret),

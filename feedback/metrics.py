@@ -46,6 +46,11 @@ class FeedbackMetrics:
         self.outbox_depth = Gauge(
             "flywheel_feedback_outbox_depth", "Accepted events not yet acked by Kafka.", registry=r
         )
+        self.outbox_commit_latency = Histogram(
+            "flywheel_feedback_outbox_commit_seconds",
+            "One outbox group commit, fsync included: the disk's share of every 202 (its flush stalls show here).",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
         self._relay_stats = None
         r.register(self)  # the relay's counters live in its process; collect() reads them
 

@@ -90,11 +90,18 @@ def _locked(call, *args):
 class Outbox:
     """The service's side: durable appends, and how many events still wait for Kafka."""
 
-    def __init__(self, path: Path, max_pending: int, wake: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        max_pending: int,
+        wake: Callable[[], None] = lambda: None,
+        observe_commit: Callable[[float], None] = lambda seconds: None,
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.max_pending = max_pending
         self._wake = wake  # tells the relay that rows were committed
+        self._observe_commit = observe_commit  # seconds per group commit, fsync included
         self._writer = _connect(path, "FULL")
         _locked(self._writer.executescript, _SCHEMA)
         # Checkpoints run on the relay's side (OutboxLedger.checkpoint), not in a request's commit.
@@ -149,6 +156,7 @@ class Outbox:
     def _commit(self, group: list[tuple[list[OutboxRecord], Future]]) -> None:
         records = [record for batch, _ in group for record in batch]
         rows = [(r.event_id, r.idempotency_key, r.kafka_key, r.kind, r.payload, time.time()) for r in records]
+        started = time.perf_counter()
         try:
             conn = self._writer
             _locked(conn.execute, "BEGIN IMMEDIATE")
@@ -176,6 +184,7 @@ class Outbox:
             for _, future in group:
                 future.set_exception(exc)
             return
+        self._observe_commit(time.perf_counter() - started)
         with self._lock:
             self._pending += inserted
         self._wake()
