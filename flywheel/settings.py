@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRET = "change-me-local-only"
@@ -138,3 +138,82 @@ class FeedbackSettings(CommonSettings):
 
     def flag_names(self) -> set[str]:
         return {name.strip() for name in self.flags.split(",") if name.strip()}
+
+
+class RoundTriggerSection(BaseModel):
+    """When a round starts (besides an operator's trigger)."""
+
+    min_new_feedback: int = Field(64, description="New feedback events that start a round.")
+    interval_s: float = Field(0.0, description="Start a round this often when any new feedback arrived (0: off).")
+    min_pairs: int = Field(8, description="Fewest training pairs a round needs to run at all.")
+
+
+class RewardSection(BaseModel):
+    """The reward model: a scalar head on the policy's backbone, trained with TRL's RewardTrainer."""
+
+    lora_rank: int = Field(16, description="LoRA rank of the reward model (0: full fine-tune).")
+    learning_rate: float = Field(2e-4, description="AdamW learning rate.")
+    epochs: float = Field(2.0, description="Passes over the training pairs per round.")
+    batch_size: int = Field(8, description="Pairs per optimiser step.")
+    max_length: int = Field(256, description="Tokens per scored dialogue; longer ones keep their end.")
+    max_pairs: int = Field(2048, description="Most recent training pairs a round trains on.")
+    heldout_percent: int = Field(10, description="Share of prompts held out for evaluation (fixed by hash).")
+    accuracy_floor: float = Field(0.6, description="Held-out pairwise accuracy a new reward model must reach.")
+
+
+class PPOSection(BaseModel):
+    """PPO (TRL 1.12 PPOTrainer): policy = parent version + LoRA, reference = base, value head."""
+
+    steps: int = Field(6, description="PPO updates (rollout batches) per round.")
+    batch_size: int = Field(16, description="Prompts per rollout batch.")
+    mini_batches: int = Field(2, description="Minibatches per rollout batch.")
+    epochs: int = Field(2, description="PPO epochs over each rollout batch.")
+    response_length: int = Field(48, description="Most tokens a rollout response may have.")
+    learning_rate: float = Field(3e-5, description="AdamW learning rate (policy LoRA and value head).")
+    kl_coef: float = Field(0.05, description="β: per-token KL penalty to the reference, folded into the reward.")
+    temperature: float = Field(0.7, description="Sampling temperature of the rollouts.")
+    missing_eos_penalty: float = Field(1.0, description="Score subtracted from a response that never ends.")
+    lora_rank: int = Field(16, description="LoRA rank of the policy adapter.")
+    max_prompts: int = Field(512, description="Most recent distinct prompts drawn from traffic.")
+    max_prompt_tokens: int = Field(192, description="Prompts longer than this (tokens) are skipped.")
+    logprob_tolerance: float = Field(0.05, description="Largest mean |rollout - training| logprob gap accepted.")
+
+
+class GateSection(BaseModel):
+    """What a round must show before its policy is published."""
+
+    eval_prompts: int = Field(16, description="Held-out prompts the evaluation generates for.")
+    min_reward_gain: float = Field(0.0, description="Mean reward must rise by more than this over the parent.")
+    kl_budget: float = Field(8.0, description="Largest mean sequence KL(policy ‖ reference) in nats.")
+    length_band: float = Field(2.0, description="Mean answer length must stay within [1/x, x] of the reference's.")
+
+
+class TrainerSettings(CommonSettings):
+    """The trainer: ingestion, rounds, reward model, PPO, gates and publication."""
+
+    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_", env_nested_delimiter="__", extra="ignore")
+
+    model: str = Field("", description="Base policy directory or id; empty: the converted default.")
+    host: str = "127.0.0.1"
+    port: int = Field(9300, description="HTTP port of /metrics, /healthz, /readyz and /status.")
+    grpc_port: int = Field(50053, description="TrainerService gRPC port.")
+    base_version: str = Field("base", description="Version name of the base policy (as serving names it).")
+    consumer_group: str = Field("flywheel-trainer", description="Kafka consumer group of the trainer.")
+    torch_threads: int = Field(2, description="Threads torch uses for training.")
+    seed: int = 0
+    rounds: RoundTriggerSection = RoundTriggerSection()
+    reward: RewardSection = RewardSection()
+    ppo: PPOSection = PPOSection()
+    gates: GateSection = GateSection()
+
+    @property
+    def dataset_path(self) -> Path:
+        return self.data_dir / "trainer" / "dataset.sqlite"
+
+    @property
+    def reward_store_dir(self) -> Path:
+        return self.data_dir / "reward-models"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.data_dir / "trainer" / "work"

@@ -1,0 +1,442 @@
+"""The trainer's dataset store: every event ingested once, in SQLite, with the latest rating winning.
+
+Ingestion is idempotent by event id and by idempotency key (replays from Kafka or the feedback
+relay insert nothing), and one batch is one transaction, so the consumer may commit its offsets
+as soon as `ingest` returns. Feedback that arrives before its completion is stored anyway and
+joins when the completion comes: pairs are built by joining at read time.
+Knows nothing of Kafka; it takes (topic, bytes) records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import DecodeError
+
+from flywheel.settings import TOPIC_COMPLETIONS, TOPIC_FEEDBACK
+from flywheel.v1 import events_pb2
+
+log = logging.getLogger(__name__)
+
+FEEDBACK_KINDS = ("thumbs", "comparison", "external_pair")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    idempotency_key TEXT UNIQUE,
+    topic TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    completion_id TEXT,
+    user_id TEXT,
+    created_at REAL NOT NULL,
+    ingested_at REAL NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS completions (
+    completion_id TEXT PRIMARY KEY,
+    user_id TEXT,
+    policy_version TEXT,
+    prompt_key TEXT NOT NULL,
+    messages TEXT NOT NULL,
+    choices TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS completions_prompt ON completions(prompt_key);
+CREATE TABLE IF NOT EXISTS ratings (
+    completion_id TEXT NOT NULL,
+    choice_index INTEGER NOT NULL,
+    user_id TEXT NOT NULL,
+    rating INTEGER NOT NULL,
+    policy_version TEXT,
+    created_at REAL NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (completion_id, choice_index, user_id)
+);
+CREATE TABLE IF NOT EXISTS comparisons (
+    completion_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    ranking TEXT NOT NULL,
+    strength INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (completion_id, user_id)
+);
+CREATE TABLE IF NOT EXISTS external_pairs (
+    seq INTEGER PRIMARY KEY,
+    prompt_key TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    chosen TEXT NOT NULL,
+    rejected TEXT NOT NULL,
+    source TEXT
+);
+CREATE TABLE IF NOT EXISTS samples (
+    prompt_key TEXT NOT NULL,
+    policy_version TEXT NOT NULL,
+    text TEXT NOT NULL,
+    PRIMARY KEY (prompt_key, policy_version)
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    round INTEGER PRIMARY KEY,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    outcome TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    version TEXT NOT NULL DEFAULT '',
+    feedback_seq INTEGER NOT NULL,
+    metrics TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def prompt_key(messages: Iterable[tuple[str, str]]) -> str:
+    """The identity of a prompt: the same conversation so far, whoever sent it."""
+    canonical = json.dumps([[role, content.strip()] for role, content in messages], ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
+
+
+def _seconds(stamp) -> float:
+    return stamp.seconds + stamp.nanos / 1e9
+
+
+@dataclass
+class IngestResult:
+    stored: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+
+
+@dataclass(frozen=True)
+class RatedResponse:
+    """One choice of one completion with its users' net rating (+ up, - down)."""
+
+    prompt_key: str
+    messages: tuple[tuple[str, str], ...]
+    completion_id: str
+    choice_index: int
+    text: str
+    net_rating: int
+    seq: int
+
+
+@dataclass(frozen=True)
+class RankedCompletion:
+    prompt_key: str
+    messages: tuple[tuple[str, str], ...]
+    texts: tuple[str, ...]
+    ranking: tuple[int, ...]
+    strength: int
+    seq: int
+
+
+@dataclass(frozen=True)
+class ExternalPairRow:
+    prompt_key: str
+    messages: tuple[tuple[str, str], ...]
+    chosen: str
+    rejected: str
+    seq: int
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    round: int
+    started_at: float
+    finished_at: float | None
+    outcome: str
+    reason: str
+    version: str
+    feedback_seq: int
+    metrics: dict[str, float]
+
+
+def _messages(raw: str) -> tuple[tuple[str, str], ...]:
+    return tuple((role, content) for role, content in json.loads(raw))
+
+
+class DatasetStore:
+    """SQLite in WAL mode; one connection guarded by a lock (ingestion and rounds share it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    # -- ingestion
+
+    def ingest(self, records: Iterable[tuple[str, bytes]]) -> IngestResult:
+        """Store a batch of (topic, payload) records in one transaction; replays are no-ops."""
+        result = IngestResult()
+        now = time.time()
+        with self._transaction() as db:
+            for topic, payload in records:
+                try:
+                    stored = self._ingest_one(db, topic, payload, now)
+                except (DecodeError, ValueError) as exc:
+                    log.warning("skipping an undecodable record on %s: %s", topic, exc)
+                    result.invalid += 1
+                    continue
+                if stored:
+                    result.stored += 1
+                else:
+                    result.duplicates += 1
+        return result
+
+    def _insert_event(self, db, event, topic: str, kind: str, payload: bytes, now: float, key: str | None) -> int:
+        """The new event's seq, or 0 when its id or idempotency key was seen before."""
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO events (event_id, idempotency_key, topic, kind, completion_id, user_id,"
+            " created_at, ingested_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (event.event_id, key, topic, kind, event.completion_id, event.user_id,
+             _seconds(event.created_at), now, payload),
+        )  # fmt: skip
+        return cursor.lastrowid if cursor.rowcount else 0
+
+    def _ingest_one(self, db: sqlite3.Connection, topic: str, payload: bytes, now: float) -> bool:
+        if topic == TOPIC_COMPLETIONS:
+            event = events_pb2.Completion.FromString(payload)
+            if not event.event_id or not event.completion_id:
+                raise ValueError("a completion without event_id or completion_id")
+            seq = self._insert_event(db, event, topic, "completion", payload, now, None)
+            if seq:
+                messages = [(m.role, m.content) for m in event.messages]
+                choices = sorted(event.choices, key=lambda c: c.index)
+                db.execute(
+                    "INSERT OR IGNORE INTO completions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (event.completion_id, event.user_id, event.policy_version, prompt_key(messages),
+                     json.dumps(messages), json.dumps([c.text for c in choices]),
+                     _seconds(event.created_at), seq),
+                )  # fmt: skip
+            return bool(seq)
+        if topic != TOPIC_FEEDBACK:
+            raise ValueError(f"unexpected topic {topic}")
+        event = events_pb2.FeedbackEvent.FromString(payload)
+        kind = event.WhichOneof("kind")
+        if not event.event_id or kind is None:
+            raise ValueError("a feedback event without event_id or kind")
+        seq = self._insert_event(db, event, topic, kind, payload, now, event.idempotency_key or None)
+        if not seq:
+            return False
+        created = _seconds(event.created_at)
+        if kind == "thumbs":
+            rating = 1 if event.thumbs.rating == events_pb2.RATING_UP else -1
+            # The latest rating by created_at wins; a replay of an older one changes nothing.
+            db.execute(
+                "INSERT INTO ratings VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
+                " rating=excluded.rating, policy_version=excluded.policy_version,"
+                " created_at=excluded.created_at, seq=excluded.seq WHERE excluded.created_at >= ratings.created_at",
+                (event.completion_id, event.thumbs.choice_index, event.user_id, rating,
+                 event.policy_version, created, seq),
+            )  # fmt: skip
+        elif kind == "comparison":
+            db.execute(
+                "INSERT INTO comparisons VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
+                " ranking=excluded.ranking, strength=excluded.strength, created_at=excluded.created_at,"
+                " seq=excluded.seq WHERE excluded.created_at >= comparisons.created_at",
+                (event.completion_id, event.user_id, json.dumps(list(event.comparison.ranking)),
+                 event.comparison.strength, created, seq),
+            )  # fmt: skip
+        else:
+            pair = event.external_pair
+            messages = [(m.role, m.content) for m in pair.prompt]
+            db.execute(
+                "INSERT OR IGNORE INTO external_pairs VALUES (?, ?, ?, ?, ?, ?)",
+                (seq, prompt_key(messages), json.dumps(messages), pair.chosen, pair.rejected, pair.source),
+            )
+        return True
+
+    # -- reads for pairs and prompts
+
+    def rated_responses(self) -> list[RatedResponse]:
+        """Every rated choice whose completion has arrived, with the net rating over its users."""
+        rows = self._query(
+            "SELECT c.prompt_key, c.messages, c.choices, r.completion_id, r.choice_index,"
+            " SUM(r.rating), MAX(r.seq) FROM ratings r JOIN completions c USING (completion_id)"
+            " GROUP BY r.completion_id, r.choice_index ORDER BY MAX(r.seq)"
+        )
+        rated = []
+        for key, messages, choices, completion_id, index, net, seq in rows:
+            texts = json.loads(choices)
+            if 0 <= index < len(texts):
+                rated.append(RatedResponse(key, _messages(messages), completion_id, index, texts[index], net, seq))
+        return rated
+
+    def ranked_completions(self) -> list[RankedCompletion]:
+        rows = self._query(
+            "SELECT c.prompt_key, c.messages, c.choices, k.ranking, k.strength, k.seq"
+            " FROM comparisons k JOIN completions c USING (completion_id) ORDER BY k.seq"
+        )
+        return [
+            RankedCompletion(key, _messages(messages), tuple(json.loads(choices)), tuple(json.loads(ranking)),
+                             strength, seq)
+            for key, messages, choices, ranking, strength, seq in rows
+        ]  # fmt: skip
+
+    def external_pairs(self) -> list[ExternalPairRow]:
+        rows = self._query("SELECT prompt_key, prompt, chosen, rejected, seq FROM external_pairs ORDER BY seq")
+        return [
+            ExternalPairRow(key, _messages(prompt), chosen, rejected, seq)
+            for key, prompt, chosen, rejected, seq in rows
+        ]
+
+    def unrated_choices(self, prompt_keys: Iterable[str]) -> dict[str, list[str]]:
+        """Texts of choices nobody rated, by prompt: the policy's own samples for those prompts."""
+        wanted = set(prompt_keys)
+        rated = {(r[0], r[1]) for r in self._query("SELECT completion_id, choice_index FROM ratings")}
+        found: dict[str, list[str]] = {}
+        for key, completion_id, choices in self._query("SELECT prompt_key, completion_id, choices FROM completions"):
+            if key in wanted:
+                for index, text in enumerate(json.loads(choices)):
+                    if (completion_id, index) not in rated:
+                        found.setdefault(key, []).append(text)
+        return found
+
+    def samples(self, policy_version: str) -> dict[str, str]:
+        rows = self._query("SELECT prompt_key, text FROM samples WHERE policy_version = ?", (policy_version,))
+        return dict(rows)
+
+    def save_samples(self, policy_version: str, texts: dict[str, str]) -> None:
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO samples VALUES (?, ?, ?)",
+                [(key, policy_version, text) for key, text in texts.items()],
+            )
+
+    def prompts(self, limit: int) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
+        """Distinct prompts from real traffic, most recent first: (prompt_key, messages)."""
+        rows = self._query(
+            "SELECT prompt_key, messages FROM completions WHERE seq IN"
+            " (SELECT MAX(seq) FROM completions GROUP BY prompt_key) ORDER BY seq DESC LIMIT ?",
+            (limit,),
+        )
+        return [(key, _messages(messages)) for key, messages in rows]
+
+    # -- counts, rounds and state
+
+    def feedback_seq(self) -> int:
+        """The seq of the newest feedback event stored (0 when none)."""
+        placeholders = ",".join("?" * len(FEEDBACK_KINDS))
+        rows = self._query(f"SELECT MAX(seq) FROM events WHERE kind IN ({placeholders})", FEEDBACK_KINDS)
+        return rows[0][0] or 0
+
+    def count_feedback(self, after_seq: int = 0) -> int:
+        placeholders = ",".join("?" * len(FEEDBACK_KINDS))
+        rows = self._query(
+            f"SELECT COUNT(*) FROM events WHERE kind IN ({placeholders}) AND seq > ?", (*FEEDBACK_KINDS, after_seq)
+        )
+        return rows[0][0]
+
+    def count_events(self) -> dict[str, int]:
+        return dict(self._query("SELECT kind, COUNT(*) FROM events GROUP BY kind"))
+
+    def waiting_feedback(self) -> int:
+        """Ratings and comparisons whose completion has not arrived yet."""
+        rows = self._query(
+            "SELECT (SELECT COUNT(*) FROM ratings WHERE completion_id NOT IN (SELECT completion_id FROM completions))"
+            " + (SELECT COUNT(*) FROM comparisons WHERE completion_id NOT IN (SELECT completion_id FROM completions))"
+        )
+        return rows[0][0]
+
+    def oldest_feedback_time(self, after_seq: int, up_to_seq: int) -> float | None:
+        """When the oldest feedback event in (after_seq, up_to_seq] was accepted."""
+        placeholders = ",".join("?" * len(FEEDBACK_KINDS))
+        rows = self._query(
+            f"SELECT MIN(created_at) FROM events WHERE kind IN ({placeholders}) AND seq > ? AND seq <= ?",
+            (*FEEDBACK_KINDS, after_seq, up_to_seq),
+        )
+        return rows[0][0]
+
+    def raw_events(self) -> Iterator[dict]:
+        """Every stored event as JSON-ready dicts, in arrival order (for export)."""
+        with self._lock:
+            rows = self._db.execute("SELECT seq, topic, kind, payload FROM events ORDER BY seq").fetchall()
+        for seq, topic, kind, payload in rows:
+            message = events_pb2.Completion() if topic == TOPIC_COMPLETIONS else events_pb2.FeedbackEvent()
+            message.ParseFromString(payload)
+            yield {"seq": seq, "topic": topic, "kind": kind, "event": MessageToDict(message)}
+
+    def begin_round(self, feedback_seq: int) -> int:
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO rounds (started_at, outcome, feedback_seq) VALUES (?, 'running', ?)",
+                (time.time(), feedback_seq),
+            )
+            return cursor.lastrowid
+
+    def finish_round(self, round_id: int, outcome: str, reason: str, version: str, metrics: dict[str, float]) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE rounds SET finished_at=?, outcome=?, reason=?, version=?, metrics=? WHERE round=?",
+                (time.time(), outcome, reason, version, json.dumps(metrics), round_id),
+            )
+
+    def abandon_running_rounds(self) -> int:
+        """Mark rounds left 'running' by a killed trainer as failed; return how many."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE rounds SET outcome='failed', reason='the trainer stopped during the round',"
+                " finished_at=? WHERE outcome='running'",
+                (time.time(),),
+            )
+            return cursor.rowcount
+
+    def rounds(self, limit: int = 20) -> list[RoundRecord]:
+        rows = self._query(
+            "SELECT round, started_at, finished_at, outcome, reason, version, feedback_seq, metrics"
+            " FROM rounds ORDER BY round DESC LIMIT ?",
+            (limit,),
+        )
+        return [RoundRecord(*row[:7], json.loads(row[7])) for row in rows]
+
+    def last_round_seq(self, outcomes: tuple[str, ...] = ("published", "gate_failed", "skipped")) -> int:
+        """feedback_seq of the newest round that ended with one of `outcomes` (0 when none).
+
+        Rounds a killed trainer left behind are not among the defaults, so their feedback still
+        counts as new and starts a round again after a restart.
+        """
+        placeholders = ",".join("?" * len(outcomes))
+        rows = self._query(f"SELECT MAX(feedback_seq) FROM rounds WHERE outcome IN ({placeholders})", outcomes)
+        return rows[0][0] or 0
+
+    def get_state(self, key: str, default: str = "") -> str:
+        rows = self._query("SELECT value FROM state WHERE key = ?", (key,))
+        return rows[0][0] if rows else default
+
+    def set_state(self, key: str, value: str) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, value))

@@ -1,0 +1,62 @@
+"""The trainer's Prometheus metrics, in a registry owned by one process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+PHASE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 2400)
+LATENCY_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 21600)
+
+
+class TrainerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events_ingested = Counter(
+            "flywheel_trainer_events_ingested", "Events stored, by kind (replays not counted).", ["kind"], registry=r
+        )
+        self.events_duplicate = Counter(
+            "flywheel_trainer_events_duplicate", "Events already stored (replays), by topic.", ["topic"], registry=r
+        )
+        self.events_invalid = Counter(
+            "flywheel_trainer_events_invalid", "Undecodable records skipped, by topic.", ["topic"], registry=r
+        )
+        self.feedback_waiting = Gauge(
+            "flywheel_trainer_feedback_waiting", "Ratings and comparisons waiting for their completion.", registry=r
+        )
+        self.new_feedback = Gauge(
+            "flywheel_trainer_new_feedback", "Feedback events since the last finished round.", registry=r
+        )
+        self.pairs = Gauge("flywheel_trainer_pairs", "Preference pairs available, by split.", ["split"], registry=r)
+        self.phase_seconds = Histogram(
+            "flywheel_trainer_round_phase_seconds", "Duration of each round phase.", ["phase"],
+            buckets=PHASE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.round_seconds = Histogram(
+            "flywheel_trainer_round_seconds", "Duration of whole rounds.", buckets=PHASE_BUCKETS, registry=r
+        )
+        self.rounds = Counter("flywheel_trainer_rounds", "Rounds finished, by outcome.", ["outcome"], registry=r)
+        self.gates = Counter(
+            "flywheel_trainer_gate_results", "Gate checks, by gate and result.", ["gate", "result"], registry=r
+        )
+        self.round_running = Gauge("flywheel_trainer_round_running", "1 while a round runs.", registry=r)
+        self.paused = Gauge("flywheel_trainer_paused", "1 while rounds are paused by an operator.", registry=r)
+        self.reward_loss = Gauge("flywheel_trainer_reward_model_loss", "Last reward-model training loss.", registry=r)
+        self.reward_accuracy = Gauge(
+            "flywheel_trainer_reward_model_heldout_accuracy", "Held-out pairwise accuracy of the last reward model.",
+            registry=r,
+        )  # fmt: skip
+        self.ppo = Gauge(
+            "flywheel_trainer_ppo", "Last PPO round: score, kl, beta, entropy, logprob_gap.", ["stat"], registry=r
+        )
+        self.eval = Gauge(
+            "flywheel_trainer_eval", "Last evaluation on held-out prompts, by policy and stat.", ["policy", "stat"],
+            registry=r,
+        )  # fmt: skip
+        self.published = Info("flywheel_trainer_published", "The newest version the trainer published.", registry=r)
+        self.published_total = Counter("flywheel_trainer_versions_published", "Versions published.", registry=r)
+        self.feedback_to_policy = Histogram(
+            "flywheel_trainer_feedback_to_policy_seconds",
+            "From the oldest feedback a version is the first to train on to that version's publication.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip

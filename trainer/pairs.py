@@ -1,0 +1,125 @@
+"""Preference pairs from stored feedback: pure functions, no database, no model.
+
+- a comparison or ranking of k choices gives its k(k-1)/2 ordered pairs (a tie gives none);
+- thumbs up vs thumbs down on the same prompt give pairs (every up answer beats every down one);
+- a lone thumb (a prompt whose rated answers all point one way) is paired with the policy's own
+  sample for that prompt: an up answer beats it, a down answer loses to it. This keeps a single
+  Bradley-Terry objective (TRL's RewardTrainer) and anchors a thumb to what the policy does now;
+- imported pairs are used as they are.
+The held-out slice is chosen by a hash of the prompt: fixed for a prompt, growing with the data,
+and no prompt is on both sides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+
+from trainer.dataset import ExternalPairRow, RankedCompletion, RatedResponse
+
+TIE = 4  # ComparisonStrength.COMPARISON_STRENGTH_TIE
+MAX_PAIRS_PER_PROMPT = 16
+
+Messages = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Pair:
+    prompt_key: str
+    messages: Messages
+    chosen: str
+    rejected: str
+    source: str
+    seq: int
+
+
+@dataclass
+class PairSet:
+    train: list[Pair] = field(default_factory=list)
+    heldout: list[Pair] = field(default_factory=list)
+    # Prompts with lone thumbs and no policy sample yet: the round samples the policy for them.
+    need_samples: dict[str, Messages] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.train) + len(self.heldout)
+
+
+def is_heldout(prompt_key: str, percent: int) -> bool:
+    bucket = int(hashlib.sha256(prompt_key.encode("utf-8")).hexdigest()[:8], 16) % 100
+    return bucket < percent
+
+
+def ranking_pairs(ranking: Sequence[int], strength: int) -> list[tuple[int, int]]:
+    """(better, worse) choice indices of a best-first ranking; a tie states no preference."""
+    if strength == TIE:
+        return []
+    return list(combinations(ranking, 2))
+
+
+def comparison_pairs(ranked: Iterable[RankedCompletion]) -> list[Pair]:
+    pairs = []
+    for item in ranked:
+        for better, worse in ranking_pairs(item.ranking, item.strength):
+            if max(better, worse) < len(item.texts) and item.texts[better] != item.texts[worse]:
+                pairs.append(Pair(item.prompt_key, item.messages, item.texts[better], item.texts[worse],
+                                  "comparison", item.seq))  # fmt: skip
+    return pairs
+
+
+def thumbs_pairs(
+    rated: Iterable[RatedResponse], anchors: dict[str, list[str]]
+) -> tuple[list[Pair], dict[str, Messages]]:
+    """Pairs from thumbs, and the prompts whose lone thumbs still need a policy sample.
+
+    `anchors` maps a prompt to answers the policy gave it that nobody rated (or fresh samples).
+    """
+    by_prompt: dict[str, list[RatedResponse]] = defaultdict(list)
+    for response in rated:
+        if response.net_rating != 0:
+            by_prompt[response.prompt_key].append(response)
+    pairs: list[Pair] = []
+    need: dict[str, Messages] = {}
+    for key, responses in by_prompt.items():
+        ups = [r for r in responses if r.net_rating > 0]
+        downs = [r for r in responses if r.net_rating < 0]
+        found = [
+            Pair(key, up.messages, up.text, down.text, "thumbs", max(up.seq, down.seq))
+            for up in ups
+            for down in downs
+            if up.text != down.text
+        ]
+        if not found:
+            samples = [text for text in anchors.get(key, []) if all(text != r.text for r in responses)]
+            if not samples:
+                need[key] = responses[0].messages
+                continue
+            for i, response in enumerate(responses):
+                sample = samples[i % len(samples)]
+                chosen, rejected = (response.text, sample) if response.net_rating > 0 else (sample, response.text)
+                found.append(Pair(key, response.messages, chosen, rejected, "thumbs_vs_sample", response.seq))
+        pairs.extend(found[:MAX_PAIRS_PER_PROMPT])
+    return pairs, need
+
+
+def external_pairs(rows: Iterable[ExternalPairRow]) -> list[Pair]:
+    return [
+        Pair(r.prompt_key, r.messages, r.chosen, r.rejected, "external", r.seq) for r in rows if r.chosen != r.rejected
+    ]
+
+
+def build_pairs(
+    rated: Iterable[RatedResponse],
+    ranked: Iterable[RankedCompletion],
+    external: Iterable[ExternalPairRow],
+    anchors: dict[str, list[str]],
+    heldout_percent: int,
+) -> PairSet:
+    """Every pair the store's feedback gives, split into train and the held-out slice."""
+    from_thumbs, need = thumbs_pairs(rated, anchors)
+    result = PairSet(need_samples=need)
+    for pair in sorted([*comparison_pairs(ranked), *from_thumbs, *external_pairs(external)], key=lambda p: p.seq):
+        (result.heldout if is_heldout(pair.prompt_key, heldout_percent) else result.train).append(pair)
+    return result

@@ -1,0 +1,184 @@
+"""PPO on the policy's LoRA adapter with TRL 1.12's PPOTrainer (the InstructGPT recipe).
+
+TRL does the maths: a value head (initialised from the reward model), GAE, whitened advantages,
+the clipped surrogate, and a per-token KL penalty to the reference folded into the reward
+(https://arxiv.org/abs/2403.17031). The policy is the parent version (base + its adapter, trained
+further); the reference is the base, the same adapter switched off. This module wires it and
+checks that rollout and training logprobs agree before any update is trusted.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerBase, TrainerCallback
+
+from flywheel.settings import PPOSection
+from trainer.pairs import Messages
+from trainer.reward import RewardModel, load_tokenizer, prompt_ids
+
+log = logging.getLogger(__name__)
+
+
+def load_policy(base_model: str, adapter_dir: Path | None, lora_rank: int, trainable: bool = True):
+    """Base + the parent's adapter (or a fresh one for the first version), as a PeftModel."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.bfloat16)
+    if adapter_dir is not None:
+        return PeftModel.from_pretrained(base, adapter_dir, is_trainable=trainable)
+    config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, target_modules="all-linear", task_type="CAUSAL_LM")
+    return get_peft_model(base, config)
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Messages], max_tokens: int) -> list[list[int]]:
+    encoded = [prompt_ids(tokenizer, messages) for messages in prompts]
+    return [ids for ids in encoded if len(ids) <= max_tokens]
+
+
+def _left_pad(sequences: Sequence[list[int]], pad: int) -> torch.Tensor:
+    width = max(len(ids) for ids in sequences)
+    return torch.tensor([[pad] * (width - len(ids)) + ids for ids in sequences])
+
+
+@torch.no_grad()
+def logprob_gap(policy, tokenizer: PreTrainedTokenizerBase, queries: Sequence[list[int]], config: PPOSection) -> float:
+    """Mean |rollout - training| logprob of sampled tokens, computed as TRL computes each.
+
+    Rollout logprobs come from `generate`'s scores (KV cache), training ones from a full forward
+    pass; PPO's ratio is only meaningful when the two agree.
+    """
+    from trl.experimental.ppo.ppo_trainer import batch_generation, forward, truncate_response
+    from trl.trainer.utils import selective_log_softmax
+
+    policy.eval()
+    query = _left_pad(queries, tokenizer.pad_token_id)
+    generation = GenerationConfig(
+        max_new_tokens=config.response_length, temperature=config.temperature + 1e-7, top_k=0, top_p=1.0,
+        do_sample=True, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    query_response, logits = batch_generation(policy, query, len(queries), tokenizer.pad_token_id, generation)
+    context = query.shape[1]
+    response = query_response[:, context:]
+    rollout = selective_log_softmax(logits, response)
+    output = forward(policy, query_response, tokenizer.pad_token_id)
+    training = selective_log_softmax(output.logits[:, context - 1 : -1] / (config.temperature + 1e-7), response)
+    valid = truncate_response(tokenizer.eos_token_id, tokenizer.pad_token_id, response) != tokenizer.pad_token_id
+    return float((rollout - training).abs()[valid].mean())
+
+
+class _CollectLogs(TrainerCallback):
+    def __init__(self, report: Callable[[int, int, dict], None] | None) -> None:
+        self.logs: list[dict] = []
+        self.report = report
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "objective/scores" in logs:
+            self.logs.append(dict(logs))
+            if self.report:
+                self.report(state.global_step, state.max_steps, dict(logs))
+
+
+@dataclass
+class PPOResult:
+    policy: torch.nn.Module  # the PeftModel with the trained adapter
+    seconds: float
+    samples_per_s: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def run_ppo(
+    base_model: str,
+    parent_adapter: Path | None,
+    reward: RewardModel,
+    prompts: Sequence[Messages],
+    config: PPOSection,
+    work_dir: Path,
+    seed: int = 0,
+    report: Callable[[int, int, dict], None] | None = None,
+) -> PPOResult:
+    """`config.steps` PPO updates of `config.batch_size` rollouts each on `prompts`."""
+    from datasets import Dataset
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    tokenizer = load_tokenizer(base_model)
+    queries = encode_prompts(tokenizer, prompts, config.max_prompt_tokens)
+    if not queries:
+        raise ValueError("no prompt short enough for PPO")
+    torch.manual_seed(seed)
+    policy = load_policy(base_model, parent_adapter, config.lora_rank)
+    policy.generation_config.pad_token_id = tokenizer.pad_token_id
+    gap = logprob_gap(policy, tokenizer, queries[: min(4, len(queries))], config)
+    if gap > config.logprob_tolerance:
+        raise RuntimeError(
+            f"rollout and training logprobs disagree by {gap:.3f} on average (> {config.logprob_tolerance})"
+        )
+
+    value_model = copy.deepcopy(reward.model)  # the value head starts from the reward model, as in InstructGPT
+    for param in value_model.parameters():
+        param.requires_grad_(True)
+    for param in reward.model.parameters():
+        param.requires_grad_(False)
+    batch = min(config.batch_size, len(queries))
+    mini_batches = config.mini_batches if batch % config.mini_batches == 0 else 1
+    args = PPOConfig(
+        output_dir=str(work_dir),
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=1,
+        num_mini_batches=mini_batches,
+        local_rollout_forward_batch_size=batch,
+        total_episodes=config.steps * batch,
+        num_ppo_epochs=config.epochs,
+        response_length=config.response_length,
+        temperature=config.temperature,
+        stop_token="eos",
+        missing_eos_penalty=config.missing_eos_penalty,
+        kl_coef=config.kl_coef,
+        learning_rate=config.learning_rate,
+        num_sample_generations=0,
+        bf16=True,
+        use_cpu=True,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        seed=seed,
+    )
+    dataset = Dataset.from_list([{"input_ids": ids} for ids in queries])
+    collect = _CollectLogs(report)
+    started = time.monotonic()
+    trainer = PPOTrainer(
+        args=args,
+        processing_class=tokenizer,
+        model=policy,
+        ref_model=None,  # a PeftModel: the reference is the same weights with the adapter off
+        reward_model=reward.model,
+        train_dataset=dataset,
+        eval_dataset=dataset.select(range(min(batch, len(dataset)))),
+        value_model=value_model,
+        callbacks=[collect],
+    )
+    trainer.train()
+    seconds = time.monotonic() - started
+    trained = trainer.accelerator.unwrap_model(trainer.model).policy
+    trained.eval()
+    last = collect.logs[-1] if collect.logs else {}
+    metrics = {
+        "ppo_logprob_gap": gap,
+        "ppo_score_first": collect.logs[0]["objective/scores"] if collect.logs else float("nan"),
+        "ppo_score_last": last.get("objective/scores", float("nan")),
+        "ppo_kl": last.get("objective/kl", float("nan")),
+        "ppo_entropy": last.get("objective/entropy", float("nan")),
+        "ppo_rlhf_reward": last.get("objective/rlhf_reward", float("nan")),
+        "ppo_ratio": last.get("val/ratio", float("nan")),
+        "ppo_beta": config.kl_coef,
+    }
+    samples = config.steps * batch
+    log.info("PPO: %d updates, %d samples in %.0f s; %s", config.steps, samples, seconds, metrics)
+    return PPOResult(trained, seconds, samples / max(seconds, 1e-9), metrics)

@@ -1,0 +1,198 @@
+"""The reward model: a scalar head on the policy's backbone, trained with TRL's RewardTrainer.
+
+It shares the policy's tokenizer so PPO can score rollouts token for token. A dialogue is scored
+at its final <|im_end|>, the same position TRL's PPO reads the score at, and long dialogues
+keep their end (the answer) when truncated. Only the LoRA adapter and the head are saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback
+
+from flywheel.settings import RewardSection
+from trainer.pairs import Messages, Pair
+
+log = logging.getLogger(__name__)
+
+PAD_TOKEN = "<|endoftext|>"  # the chat template ends turns with <|im_end|>, the tokenizer's own pad
+
+
+def load_tokenizer(base_model: str) -> PreTrainedTokenizerBase:
+    """The policy's tokenizer with a pad distinct from its end-of-turn token, padding on the left."""
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        if PAD_TOKEN in tokenizer.get_vocab():
+            tokenizer.pad_token = PAD_TOKEN
+        else:
+            tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: Messages) -> list[int]:
+    """Token ids of a prompt, ending with the assistant's turn header."""
+    chat = [{"role": role, "content": content} for role, content in messages]
+    text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def dialogue_ids(tokenizer: PreTrainedTokenizerBase, messages: Messages, answer: str, max_length: int) -> list[int]:
+    """Prompt + answer + end of turn, truncated from the left to `max_length` tokens."""
+    ids = prompt_ids(tokenizer, messages) + tokenizer.encode(answer, add_special_tokens=False)
+    ids.append(tokenizer.eos_token_id)
+    return ids[-max_length:]
+
+
+@dataclass
+class RewardModel:
+    """A loaded reward model and how it reads dialogues."""
+
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int
+
+    @torch.no_grad()
+    def score_ids(self, sequences: Sequence[list[int]], batch_size: int = 16) -> list[float]:
+        self.model.eval()
+        scores: list[float] = []
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # little padding per batch
+        by_index: dict[int, float] = {}
+        for start in range(0, len(order), batch_size):
+            chunk = [sequences[i] for i in order[start : start + batch_size]]
+            width = max(len(ids) for ids in chunk)
+            pad = self.tokenizer.pad_token_id
+            input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in chunk])
+            mask = (input_ids != pad).long()
+            logits = self.model(input_ids=input_ids, attention_mask=mask).logits[:, 0].float()
+            for i, value in zip(order[start : start + batch_size], logits.tolist(), strict=True):
+                by_index[i] = value
+        scores = [by_index[i] for i in range(len(sequences))]
+        return scores
+
+    def score(self, messages: Sequence[Messages], answers: Sequence[str]) -> list[float]:
+        ids = [dialogue_ids(self.tokenizer, m, a, self.max_length) for m, a in zip(messages, answers, strict=True)]
+        return self.score_ids(ids)
+
+    def accuracy(self, pairs: Sequence[Pair]) -> float:
+        """Share of pairs whose chosen answer scores above the rejected one (ties count half)."""
+        if not pairs:
+            return float("nan")
+        chosen = self.score([p.messages for p in pairs], [p.chosen for p in pairs])
+        rejected = self.score([p.messages for p in pairs], [p.rejected for p in pairs])
+        wins = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected, strict=True))
+        return wins / len(pairs)
+
+
+def _base_classifier(base_model: str, tokenizer: PreTrainedTokenizerBase) -> torch.nn.Module:
+    model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1, dtype=torch.bfloat16)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def load_reward_model(base_model: str, adapter_dir: Path, max_length: int) -> RewardModel:
+    """Base backbone + the saved adapter and head (merged for fast scoring), or a full model."""
+    from peft import PeftModel
+
+    tokenizer = load_tokenizer(base_model)
+    if not (adapter_dir / "adapter_config.json").exists():
+        model = AutoModelForSequenceClassification.from_pretrained(adapter_dir, dtype=torch.bfloat16)
+        return RewardModel(model.eval(), tokenizer, max_length)
+    model = PeftModel.from_pretrained(_base_classifier(base_model, tokenizer), adapter_dir)
+    return RewardModel(model.merge_and_unload().eval(), tokenizer, max_length)
+
+
+class _Progress(TrainerCallback):
+    def __init__(self, report: Callable[[int, int, dict], None]) -> None:
+        self.report = report
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.report(state.global_step, state.max_steps, dict(logs or {}))
+
+
+@dataclass
+class RewardTraining:
+    reward_model: RewardModel
+    peft_model: torch.nn.Module
+    seconds: float
+    examples_per_s: float
+    loss: float
+
+
+def train_reward_model(
+    base_model: str,
+    pairs: Sequence[Pair],
+    config: RewardSection,
+    work_dir: Path,
+    seed: int = 0,
+    report: Callable[[int, int, dict], None] | None = None,
+) -> RewardTraining:
+    """Bradley-Terry training of a fresh LoRA reward model on `pairs` (TRL RewardTrainer, bf16)."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import RewardConfig, RewardTrainer
+
+    tokenizer = load_tokenizer(base_model)
+    rows = [
+        {
+            "chosen_ids": dialogue_ids(tokenizer, p.messages, p.chosen, config.max_length),
+            "rejected_ids": dialogue_ids(tokenizer, p.messages, p.rejected, config.max_length),
+        }
+        for p in pairs
+    ]
+    model = _base_classifier(base_model, tokenizer)
+    peft_config = None
+    if config.lora_rank > 0:
+        peft_config = LoraConfig(
+            r=config.lora_rank,
+            lora_alpha=2 * config.lora_rank,
+            target_modules="all-linear",
+            task_type="SEQ_CLS",
+            modules_to_save=["score"],
+        )
+    args = RewardConfig(
+        output_dir=str(work_dir),
+        per_device_train_batch_size=config.batch_size,
+        num_train_epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=max(1, int(0.05 * config.epochs * len(rows) / config.batch_size)),
+        bf16=True,
+        use_cpu=True,
+        max_length=None,  # rows are truncated (from the left) already; TRL would drop long ones
+        pad_to_multiple_of=32,  # few distinct shapes: oneDNN builds kernels per shape
+        logging_steps=5,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        seed=seed,
+        dataloader_num_workers=0,
+    )
+    callbacks = [_Progress(report)] if report else None
+    started = time.monotonic()
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
+    output = trainer.train()
+    seconds = time.monotonic() - started
+    trained = trainer.model
+    trained.eval()
+    log.info("reward model trained on %d pairs in %.0f s (loss %.3f)", len(rows), seconds, output.training_loss)
+    return RewardTraining(
+        reward_model=RewardModel(trained, tokenizer, config.max_length),
+        peft_model=trained,
+        seconds=seconds,
+        examples_per_s=len(rows) * config.epochs / max(seconds, 1e-9),
+        loss=float(output.training_loss),
+    )
