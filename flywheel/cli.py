@@ -84,6 +84,93 @@ def cmd_prepare_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trainer_settings(args: argparse.Namespace):
+    from flywheel.settings import TrainerSettings
+
+    return TrainerSettings(**_overrides(args, ["model", "host", "port", "grpc_port", "data_dir", "kafka_bootstrap"]))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from flywheel.models import resolve_model
+
+    settings = _trainer_settings(args)
+    base_model = resolve_model(settings.model, settings.models_dir)
+    if not args.once:
+        import uvicorn
+
+        from trainer.app import build_app
+
+        uvicorn.run(build_app(settings, base_model), host=settings.host, port=settings.port, log_level="warning",
+                    timeout_graceful_shutdown=10)  # fmt: skip
+        return 0
+    from trainer.service import TrainerService
+
+    log.info("trainer configuration: %s", settings.model_dump_json(exclude={"feedback_token_secret", "api_keys"}))
+    service = TrainerService(settings, base_model)
+    try:
+        service.catch_up()
+        result = service.run_round(reward_only=args.reward_only)
+        service.announcer.announce_pending(service.context.policies)
+    finally:
+        service.stop()
+    print(json.dumps(dataclasses.asdict(result), indent=2))  # noqa: T201
+    return 1 if result.outcome == "failed" else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    import grpc
+    from google.protobuf.json_format import MessageToDict
+
+    from flywheel.v1 import trainer_pb2, trainer_pb2_grpc
+
+    with grpc.insecure_channel(args.trainer) as channel:
+        try:
+            status = trainer_pb2_grpc.TrainerServiceStub(channel).GetStatus(
+                trainer_pb2.TrainerStatusRequest(), timeout=10
+            )
+        except grpc.RpcError as exc:
+            raise RuntimeError(f"the trainer at {args.trainer} did not answer: {exc.details()}") from None
+    print(json.dumps(MessageToDict(status, always_print_fields_with_no_presence=True), indent=2))  # noqa: T201
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from feedback.client import import_pairs
+    from flywheel.settings import FeedbackSettings
+
+    admin_key = args.admin_key or FeedbackSettings().admin_key
+    result = import_pairs(args.file, args.feedback_url, admin_key, args.source)
+    print(result.summary())  # noqa: T201
+    return 0 if result.accepted + result.duplicates > 0 else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from trainer.offline import export_dataset
+
+    settings = _trainer_settings(args)
+    written = export_dataset(settings, args.out)
+    for path, count in written.items():
+        print(f"{path}: {count} lines")  # noqa: T201
+    return 0
+
+
+def cmd_rm_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from flywheel.models import resolve_model
+    from trainer.offline import evaluate_reward_model
+
+    settings = _trainer_settings(args)
+    base_model = resolve_model(settings.model, settings.models_dir)
+    print(json.dumps(evaluate_reward_model(settings, base_model, args.file), indent=2))  # noqa: T201
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from flywheel.models import resolve_model
     from flywheel.settings import ServingSettings
@@ -164,6 +251,39 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--feedback-port", type=int, default=8001)
     up.add_argument("--feedback-grpc-port", type=int, default=50051)
     up.set_defaults(func=cmd_up)
+
+    train = verbs.add_parser("train", help="run the trainer (ingest feedback, train, publish policies)")
+    train.add_argument("--once", action="store_true", help="ingest what is on the topics, run one round, exit")
+    train.add_argument("--reward-only", dest="reward_only", action="store_true", help="with --once: reward model only")
+    train.add_argument("--model", help="base policy (default: the converted SmolLM2-135M-Instruct)")
+    train.add_argument("--host")
+    train.add_argument("--port", type=int)
+    train.add_argument("--grpc-port", dest="grpc_port", type=int)
+    train.add_argument("--data-dir", dest="data_dir", type=Path)
+    train.add_argument("--kafka-bootstrap", dest="kafka_bootstrap")
+    train.set_defaults(func=cmd_train)
+
+    status = verbs.add_parser("status", help="the trainer's status (ingestion, pairs, rounds, versions) as JSON")
+    status.add_argument("--trainer", default="127.0.0.1:50053", help="trainer gRPC address")
+    status.set_defaults(func=cmd_status)
+
+    imp = verbs.add_parser("import", help="import preference pairs (JSONL, HH format) through the feedback service")
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--feedback-url", default="http://127.0.0.1:8001")
+    imp.add_argument("--admin-key", help="the feedback service's admin key (default: FLYWHEEL_ADMIN_KEY)")
+    imp.add_argument("--source", default="import", help="label stored with each pair")
+    imp.set_defaults(func=cmd_import)
+
+    export = verbs.add_parser("export", help="write the trainer's dataset as JSONL (pairs and raw events)")
+    export.add_argument("--out", type=Path, default=Path("export"), help="output directory")
+    export.add_argument("--data-dir", dest="data_dir", type=Path)
+    export.set_defaults(func=cmd_export)
+
+    rm_eval = verbs.add_parser("rm-eval", help="the current reward model's pairwise accuracy on a JSONL file")
+    rm_eval.add_argument("file", type=Path)
+    rm_eval.add_argument("--model", help="base policy the reward model was trained on")
+    rm_eval.add_argument("--data-dir", dest="data_dir", type=Path)
+    rm_eval.set_defaults(func=cmd_rm_eval)
 
     prepare = verbs.add_parser("prepare-model", help="convert the default model from its GGUF (once)")
     prepare.add_argument("--data-dir", dest="data_dir", type=Path)

@@ -15,9 +15,10 @@ import logging
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf.json_format import MessageToDict
@@ -116,6 +117,7 @@ class IngestResult:
     stored: int = 0
     duplicates: int = 0
     invalid: int = 0
+    kinds: Counter = field(default_factory=Counter)  # stored events by kind
 
 
 @dataclass(frozen=True)
@@ -206,13 +208,14 @@ class DatasetStore:
         with self._transaction() as db:
             for topic, payload in records:
                 try:
-                    stored = self._ingest_one(db, topic, payload, now)
+                    kind = self._ingest_one(db, topic, payload, now)
                 except (DecodeError, ValueError) as exc:
                     log.warning("skipping an undecodable record on %s: %s", topic, exc)
                     result.invalid += 1
                     continue
-                if stored:
+                if kind:
                     result.stored += 1
+                    result.kinds[kind] += 1
                 else:
                     result.duplicates += 1
         return result
@@ -227,7 +230,8 @@ class DatasetStore:
         )  # fmt: skip
         return cursor.lastrowid if cursor.rowcount else 0
 
-    def _ingest_one(self, db: sqlite3.Connection, topic: str, payload: bytes, now: float) -> bool:
+    def _ingest_one(self, db: sqlite3.Connection, topic: str, payload: bytes, now: float) -> str:
+        """The kind of the event stored, or '' when it was stored before."""
         if topic == TOPIC_COMPLETIONS:
             event = events_pb2.Completion.FromString(payload)
             if not event.event_id or not event.completion_id:
@@ -242,7 +246,7 @@ class DatasetStore:
                      json.dumps(messages), json.dumps([c.text for c in choices]),
                      _seconds(event.created_at), seq),
                 )  # fmt: skip
-            return bool(seq)
+            return "completion" if seq else ""
         if topic != TOPIC_FEEDBACK:
             raise ValueError(f"unexpected topic {topic}")
         event = events_pb2.FeedbackEvent.FromString(payload)
@@ -251,7 +255,7 @@ class DatasetStore:
             raise ValueError("a feedback event without event_id or kind")
         seq = self._insert_event(db, event, topic, kind, payload, now, event.idempotency_key or None)
         if not seq:
-            return False
+            return ""
         created = _seconds(event.created_at)
         if kind == "thumbs":
             rating = 1 if event.thumbs.rating == events_pb2.RATING_UP else -1
@@ -278,7 +282,7 @@ class DatasetStore:
                 "INSERT OR IGNORE INTO external_pairs VALUES (?, ?, ?, ?, ?, ?)",
                 (seq, prompt_key(messages), json.dumps(messages), pair.chosen, pair.rejected, pair.source),
             )
-        return True
+        return kind
 
     # -- reads for pairs and prompts
 

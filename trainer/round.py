@@ -88,20 +88,22 @@ def current_policy(ctx: RoundContext) -> tuple[str, Path | None]:
     return latest.version, ctx.policies.path(latest.version)
 
 
-def collect_pairs(ctx: RoundContext, parent_version: str, parent_adapter: Path | None) -> PairSet:
-    """Pairs from the store; lone thumbs without an anchor get a fresh sample of the parent policy."""
-    store, heldout = ctx.dataset, ctx.settings.reward.heldout_percent
+def available_pairs(ctx: RoundContext, parent_version: str) -> PairSet:
+    """Every pair the stored feedback gives now, with the anchors already at hand."""
+    store = ctx.dataset
     rated, ranked, external = store.rated_responses(), store.ranked_completions(), store.external_pairs()
-    keys = {r.prompt_key for r in rated}
-    anchors = store.unrated_choices(keys)
+    anchors = store.unrated_choices({r.prompt_key for r in rated})
     for key, text in store.samples(parent_version).items():
         anchors.setdefault(key, []).append(text)
-    pairs = build_pairs(rated, ranked, external, anchors, heldout)
+    return build_pairs(rated, ranked, external, anchors, ctx.settings.reward.heldout_percent)
+
+
+def collect_pairs(ctx: RoundContext, parent_version: str, parent_adapter: Path | None) -> PairSet:
+    """Pairs from the store; lone thumbs without an anchor get a fresh sample of the parent policy."""
+    pairs = available_pairs(ctx, parent_version)
     if pairs.need_samples:
-        store.save_samples(parent_version, sample_policy(ctx, parent_adapter, pairs.need_samples))
-        for key, text in store.samples(parent_version).items():
-            anchors.setdefault(key, []).append(text)
-        pairs = build_pairs(rated, ranked, external, anchors, heldout)
+        ctx.dataset.save_samples(parent_version, sample_policy(ctx, parent_adapter, pairs.need_samples))
+        pairs = available_pairs(ctx, parent_version)
     return pairs
 
 

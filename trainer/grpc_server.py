@@ -1,0 +1,73 @@
+"""TrainerService over gRPC: a thin shell around trainer.service.TrainerService."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from flywheel.v1 import trainer_pb2, trainer_pb2_grpc
+from trainer.service import TrainerService, TrainerStatus
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "flywheel.v1.TrainerService"
+
+
+def status_message(status: TrainerStatus) -> trainer_pb2.TrainerStatusResponse:
+    response = trainer_pb2.TrainerStatusResponse(
+        paused=status.paused,
+        round_running=status.round_running,
+        events_ingested=status.events_ingested,
+        pairs_available=status.pairs_available,
+        new_feedback_since_round=status.new_feedback_since_round,
+        published_version=status.published_version,
+    )
+    for record in status.recent_rounds:
+        summary = response.recent_rounds.add(
+            round=record.round,
+            outcome=record.outcome,
+            reason=record.reason,
+            version=record.version,
+            started_at=record.started_at,
+            duration_seconds=(record.finished_at or record.started_at) - record.started_at,
+        )
+        for key, value in record.metrics.items():
+            if isinstance(value, int | float):
+                summary.metrics[key] = float(value)
+    return response
+
+
+class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
+    def __init__(self, service: TrainerService) -> None:
+        self.service = service
+
+    async def GetStatus(self, request, context):
+        status = await asyncio.to_thread(self.service.status)
+        return status_message(status)
+
+    async def TriggerRound(self, request, context):
+        accepted, message = self.service.trigger(request.reward_only)
+        return trainer_pb2.TriggerRoundResponse(accepted=accepted, message=message)
+
+    async def Pause(self, request, context):
+        return trainer_pb2.PauseResponse(paused=self.service.pause())
+
+    async def Resume(self, request, context):
+        return trainer_pb2.PauseResponse(paused=self.service.resume())
+
+
+async def start_grpc_server(servicer: TrainerServicer, host: str, port: int) -> grpc.aio.Server:
+    server = grpc.aio.server()
+    trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if server.add_insecure_port(f"{host}:{port}") == 0:
+        raise RuntimeError(f"cannot bind gRPC on {host}:{port}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("trainer gRPC on %s:%d", host, port)
+    return server

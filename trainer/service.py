@@ -1,0 +1,232 @@
+"""TrainerService: ingestion and rounds in background threads, controls and status for operators.
+
+Knows nothing of gRPC or HTTP. On start it recovers from a kill: rounds left 'running' are marked
+failed (and their feedback still counts as new), half-written versions were removed by the
+store, and a version that reached the store but was never announced on Kafka is announced now.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from kafka.errors import KafkaError
+
+from flywheel.kafka import close_quietly, make_producer
+from flywheel.settings import TOPIC_POLICY, TrainerSettings
+from flywheel.store import ModelStore
+from flywheel.v1 import events_pb2
+from trainer.dataset import DatasetStore, RoundRecord
+from trainer.ingest import Ingestor
+from trainer.metrics import TrainerMetrics
+from trainer.round import (
+    RoundContext,
+    RoundResult,
+    available_pairs,
+    current_policy,
+    policy_published_event,
+    run_round,
+)
+
+log = logging.getLogger(__name__)
+
+ANNOUNCED_KEY = "announced:"
+
+
+@dataclass
+class TrainerStatus:
+    paused: bool
+    round_running: bool
+    events_ingested: int
+    pairs_available: int
+    new_feedback_since_round: int
+    published_version: str
+    recent_rounds: list[RoundRecord] = field(default_factory=list)
+    feedback_waiting: int = 0
+    reward_model: str = ""
+
+
+class PolicyAnnouncer:
+    """Sends PolicyPublished events (acks=all); a version counts as announced once Kafka has it."""
+
+    def __init__(self, bootstrap: str, store: DatasetStore) -> None:
+        self.bootstrap = bootstrap
+        self.store = store
+        self._producer = None
+
+    def __call__(self, event: events_pb2.PolicyPublished) -> None:
+        if self._producer is None:
+            self._producer = make_producer(self.bootstrap)
+        try:
+            self._producer.send(TOPIC_POLICY, key=event.version.encode(), value=event.SerializeToString()).get(30)
+        except KafkaError:
+            close_quietly(self._producer)
+            self._producer = None
+            raise
+        self.store.set_state(ANNOUNCED_KEY + event.version, "1")
+        log.info("announced %s on %s", event.version, TOPIC_POLICY)
+
+    def announce_pending(self, policies: ModelStore) -> None:
+        for manifest in policies.versions():
+            if not self.store.get_state(ANNOUNCED_KEY + manifest.version):
+                self(policy_published_event(manifest, policies.root))
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=5)
+
+
+class TrainerService:
+    def __init__(self, settings: TrainerSettings, base_model: str, metrics: TrainerMetrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or TrainerMetrics()
+        self.dataset = DatasetStore(settings.dataset_path)
+        abandoned = self.dataset.abandon_running_rounds()
+        if abandoned:
+            log.warning("%d round(s) were cut short by a stop; their feedback will train the next round", abandoned)
+        self.announcer = PolicyAnnouncer(settings.kafka_bootstrap, self.dataset)
+        self.context = RoundContext(
+            settings=settings,
+            base_model=base_model,
+            dataset=self.dataset,
+            policies=ModelStore(settings.store_dir),
+            reward_models=ModelStore(settings.reward_store_dir),
+            announce=self.announcer,
+            metrics=self.metrics,
+        )
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._paused = False
+        self._round_running = False
+        self._requested: bool | None = None  # an operator's trigger: its reward_only flag
+        self._last_round_at = time.monotonic()
+        self._threads: list[threading.Thread] = []
+        self.ingestor: Ingestor | None = None
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        for name, target in (("ingest", self._ingest_loop), ("rounds", self._round_loop)):
+            thread = threading.Thread(target=target, name=f"trainer-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout=5 if thread.name == "trainer-ingest" else 0.1)
+        self.announcer.close()
+
+    # -- operator controls
+
+    def trigger(self, reward_only: bool = False) -> tuple[bool, str]:
+        with self._lock:
+            if self._round_running:
+                return False, "a round is running; try again when it ends"
+            self._requested = reward_only
+        self._wake.set()
+        return True, "round requested" + (" (reward model only)" if reward_only else "")
+
+    def pause(self) -> bool:
+        with self._lock:
+            self._paused = True
+        self.metrics.paused.set(1)
+        return True
+
+    def resume(self) -> bool:
+        with self._lock:
+            self._paused = False
+        self.metrics.paused.set(0)
+        self._wake.set()
+        return False
+
+    def status(self) -> TrainerStatus:
+        counts = self.dataset.count_events()
+        latest = self.context.policies.latest()
+        return TrainerStatus(
+            paused=self._paused,
+            round_running=self._round_running,
+            events_ingested=sum(counts.values()),
+            pairs_available=len(available_pairs(self.context, current_policy(self.context)[0])),
+            new_feedback_since_round=self.dataset.count_feedback(self.dataset.last_round_seq()),
+            published_version=latest.version if latest else "",
+            recent_rounds=self.dataset.rounds(10),
+            feedback_waiting=self.dataset.waiting_feedback(),
+            reward_model=self.dataset.get_state("reward_model"),
+        )
+
+    # -- the two loops
+
+    def _ingest_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self.ingestor is None:
+                    self.ingestor = Ingestor.connect(
+                        self.settings.kafka_bootstrap, self.settings.consumer_group, self.dataset, self.metrics
+                    )
+                if self.ingestor.poll(timeout_ms=500):
+                    self._wake.set()
+            except KafkaError as exc:
+                log.warning("Kafka unavailable (%s); retrying", exc)
+                if self.ingestor is not None:
+                    self.ingestor.close()
+                    self.ingestor = None
+                self._stop.wait(2)
+        if self.ingestor is not None:
+            self.ingestor.close()
+
+    def _due(self) -> bool | None:
+        """reward_only flag of the round to run now, or None when none is due."""
+        with self._lock:
+            if self._requested is not None:
+                requested, self._requested = self._requested, None
+                return requested
+            if self._paused:
+                return None
+        new = self.dataset.count_feedback(self.dataset.last_round_seq())
+        self.metrics.new_feedback.set(new)
+        self.metrics.feedback_waiting.set(self.dataset.waiting_feedback())
+        rounds = self.settings.rounds
+        if new >= rounds.min_new_feedback:
+            return False
+        interval = rounds.interval_s
+        if interval > 0 and new > 0 and time.monotonic() - self._last_round_at >= interval:
+            return False
+        return None
+
+    def _round_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.announcer.announce_pending(self.context.policies)
+            except KafkaError as exc:
+                log.warning("cannot announce published versions yet: %s", exc)
+            reward_only = self._due()
+            if reward_only is None:
+                self._wake.wait(timeout=5)
+                self._wake.clear()
+                continue
+            self.run_round(reward_only)
+
+    def run_round(self, reward_only: bool = False) -> RoundResult:
+        with self._lock:
+            self._round_running = True
+        try:
+            return run_round(self.context, reward_only)
+        finally:
+            with self._lock:
+                self._round_running = False
+            self._last_round_at = time.monotonic()
+
+    def catch_up(self) -> None:
+        """Ingest everything on the topics now (for `flywheel train --once`)."""
+        settings = self.settings
+        ingestor = Ingestor.connect(settings.kafka_bootstrap, settings.consumer_group, self.dataset, self.metrics)
+        try:
+            result = ingestor.catch_up()
+            log.info("ingested %d new events (%d replays)", result.stored, result.duplicates)
+        finally:
+            ingestor.close()
