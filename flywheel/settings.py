@@ -176,7 +176,7 @@ class PPOSection(BaseModel):
     lora_rank: int = Field(16, description="LoRA rank of the policy adapter.")
     max_prompts: int = Field(512, description="Most recent distinct prompts drawn from traffic.")
     max_prompt_tokens: int = Field(192, description="Prompts longer than this (tokens) are skipped.")
-    logprob_tolerance: float = Field(0.05, description="Largest mean |rollout - training| logprob gap accepted.")
+    logprob_tolerance: float = Field(0.15, description="Largest mean |rollout - training| logprob gap accepted.")
 
 
 class GateSection(BaseModel):

@@ -1,0 +1,75 @@
+"""The dataset store: idempotent ingestion, the latest rating wins, late completions join."""
+
+import random
+
+from flywheel.settings import TOPIC_COMPLETIONS, TOPIC_FEEDBACK
+from flywheel.v1 import events_pb2
+from tests.trainer.synthetic import completion, feedback, traffic
+from trainer.dataset import DatasetStore
+
+
+def test_replaying_a_batch_stores_nothing_twice(tmp_path):
+    store = DatasetStore(tmp_path / "d.sqlite")
+    records = traffic(30)
+    first = store.ingest(records)
+    again = store.ingest(records)
+    assert (first.stored, first.duplicates) == (60, 0)
+    assert (again.stored, again.duplicates) == (0, 60)
+    assert store.count_events() == {"completion": 30, "comparison": 10, "thumbs": 20}
+    assert store.count_feedback() == 30
+
+
+def test_the_same_idempotency_key_under_a_new_event_id_counts_once(tmp_path):
+    store = DatasetStore(tmp_path / "d.sqlite")
+    event = completion(0, random.Random(0))
+    one = feedback(event, "up", key="client-key-1")
+    retry = feedback(event, "up", key="client-key-1")  # a relay or client retry: new event id, same key
+    result = store.ingest([(TOPIC_FEEDBACK, one.SerializeToString()), (TOPIC_FEEDBACK, retry.SerializeToString())])
+    assert (result.stored, result.duplicates) == (1, 1)
+
+
+def test_feedback_before_its_completion_waits_and_joins_later(tmp_path):
+    store = DatasetStore(tmp_path / "d.sqlite")
+    event = completion(0, random.Random(0))
+    store.ingest([(TOPIC_FEEDBACK, feedback(event, "comparison").SerializeToString())])
+    assert store.ranked_completions() == []
+    assert store.waiting_feedback() == 1
+    store.ingest([(TOPIC_COMPLETIONS, event.SerializeToString())])
+    assert store.waiting_feedback() == 0
+    (ranked,) = store.ranked_completions()
+    assert "please" in ranked.texts[ranked.ranking[0]].lower()
+
+
+def test_a_changed_rating_replaces_the_old_one_and_a_late_replay_does_not(tmp_path):
+    store = DatasetStore(tmp_path / "d.sqlite")
+    event = completion(0, random.Random(0))
+    up = feedback(event, "up")
+    down = events_pb2.FeedbackEvent()
+    down.CopyFrom(up)
+    down.event_id, down.idempotency_key = "changed-mind", "changed-mind"
+    down.thumbs.rating = events_pb2.RATING_DOWN
+    down.created_at.FromNanoseconds(up.created_at.ToNanoseconds() + 1_000_000_000)
+    store.ingest([(TOPIC_COMPLETIONS, event.SerializeToString()), (TOPIC_FEEDBACK, down.SerializeToString())])
+    store.ingest([(TOPIC_FEEDBACK, up.SerializeToString())])  # older, arrives later: must not win
+    (response,) = store.rated_responses()
+    assert response.net_rating == -1
+
+
+def test_undecodable_records_are_skipped_not_fatal(tmp_path):
+    store = DatasetStore(tmp_path / "d.sqlite")
+    result = store.ingest([(TOPIC_FEEDBACK, b"\xff\xfe not protobuf"), *traffic(1)])
+    assert (result.stored, result.invalid) == (2, 1)
+
+
+def test_rounds_left_running_by_a_kill_are_marked_failed_and_their_feedback_counts_again(tmp_path):
+    store = DatasetStore(tmp_path / "d.sqlite")
+    store.ingest(traffic(10))
+    done = store.begin_round(store.feedback_seq())
+    store.finish_round(done, "published", "", "v1", {})
+    store.ingest(traffic(20, seed=1)[20:])
+    assert store.count_feedback(store.last_round_seq()) == 10
+    store.begin_round(store.feedback_seq())  # then the trainer is killed
+    reopened = DatasetStore(tmp_path / "d.sqlite")
+    assert reopened.abandon_running_rounds() == 1
+    assert reopened.rounds(1)[0].outcome == "failed"
+    assert reopened.count_feedback(reopened.last_round_seq()) == 10

@@ -1,0 +1,55 @@
+"""Preference pairs from feedback: pure functions over store rows."""
+
+from trainer.dataset import ExternalPairRow, RankedCompletion, RatedResponse
+from trainer.pairs import TIE, build_pairs, is_heldout, ranking_pairs, thumbs_pairs
+
+PROMPT = (("user", "hi"),)
+
+
+def rated(key: str, index: int, text: str, net: int, seq: int = 1) -> RatedResponse:
+    return RatedResponse(key, PROMPT, f"c-{key}", index, text, net, seq)
+
+
+def test_a_ranking_of_k_gives_its_k_choose_2_ordered_pairs():
+    assert ranking_pairs([2, 0, 1], 0) == [(2, 0), (2, 1), (0, 1)]
+    assert len(ranking_pairs([3, 1, 0, 2], 0)) == 6
+
+
+def test_a_tie_gives_no_pair():
+    assert ranking_pairs([0, 1], TIE) == []
+
+
+def test_thumbs_up_beats_thumbs_down_on_the_same_prompt():
+    pairs, need = thumbs_pairs([rated("p", 0, "good", 1), rated("p", 1, "bad", -1), rated("q", 0, "meh", 0)], {})
+    assert [(p.chosen, p.rejected, p.source) for p in pairs] == [("good", "bad", "thumbs")]
+    assert need == {}  # a net rating of zero states nothing
+
+
+def test_lone_thumbs_are_paired_with_the_policys_own_sample():
+    pairs, need = thumbs_pairs(
+        [rated("p", 0, "good", 2), rated("q", 0, "awful", -1)], {"p": ["sample p"], "q": ["sample q"]}
+    )
+    got = {(p.chosen, p.rejected, p.source) for p in pairs}
+    assert got == {("good", "sample p", "thumbs_vs_sample"), ("sample q", "awful", "thumbs_vs_sample")}
+    assert need == {}
+
+
+def test_lone_thumbs_without_a_sample_ask_for_one():
+    pairs, need = thumbs_pairs([rated("p", 0, "good", 1)], {"p": ["good"]})  # the rated text is no anchor
+    assert pairs == []
+    assert need == {"p": PROMPT}
+
+
+def test_build_pairs_splits_by_prompt_and_keeps_every_source():
+    keys = [f"k{i}" for i in range(200)]
+    ranked = [RankedCompletion(k, PROMPT, ("a", "b", "c"), (1, 0, 2), 0, i) for i, k in enumerate(keys)]
+    external = [ExternalPairRow("ext", PROMPT, "yes", "no", 999)]
+    result = build_pairs([], ranked, external, {}, heldout_percent=10)
+    assert len(result) == 200 * 3 + 1
+    held = {p.prompt_key for p in result.heldout}
+    assert held and held.isdisjoint({p.prompt_key for p in result.train})
+    assert 5 <= len(held) <= 40  # about 10 % of 200 prompts
+    assert all(is_heldout(k, 10) for k in held)
+    # growing the data never moves a prompt across the split
+    bigger = build_pairs([], ranked + [RankedCompletion("new", PROMPT, ("x", "y"), (0, 1), 0, 5000)], [], {}, 10)
+    assert held <= {p.prompt_key for p in bigger.heldout}
