@@ -61,7 +61,7 @@ def is_prepared(model_dir: Path) -> bool:
     return (model_dir / _COMPLETE_MARKER).exists()
 
 
-def _publish_dir(tmp: Path, target: Path) -> None:
+def publish_dir(tmp: Path, target: Path) -> None:
     """Move a fully written directory into place; readers never see a partial model."""
     (tmp / _COMPLETE_MARKER).write_text("ok\n")
     tmp.chmod(0o755)  # mkdtemp makes it private; replicas and other users read models
@@ -101,7 +101,7 @@ def prepare_default_model(models_dir: Path, show_progress: bool = True) -> Path:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             progress.update(task, advance=1, description=steps[3])
-        _publish_dir(tmp, target)
+        publish_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -137,7 +137,7 @@ def build_tiny_model(target: Path, seed: int = 0, layers: int = 2, hidden: int =
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        _publish_dir(tmp, target)
+        publish_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -104,8 +104,13 @@ def run_ppo(
     report: Callable[[int, int, dict], None] | None = None,
 ) -> PPOResult:
     """`config.steps` PPO updates of `config.batch_size` rollouts each on `prompts`."""
+    import warnings
+
     from datasets import Dataset
-    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    with warnings.catch_warnings():  # TRL 1.12 is pinned; its "experimental" notice says nothing new
+        warnings.simplefilter("ignore")
+        from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     tokenizer = load_tokenizer(base_model)
     queries = encode_prompts(tokenizer, prompts, config.max_prompt_tokens)

@@ -80,6 +80,9 @@ class PolicyAnnouncer:
 
 class TrainerService:
     def __init__(self, settings: TrainerSettings, base_model: str, metrics: TrainerMetrics | None = None) -> None:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
         self.settings = settings
         self.metrics = metrics or TrainerMetrics()
         self.dataset = DatasetStore(settings.dataset_path)

@@ -7,6 +7,8 @@ two choices, one of each kind; feedback is a comparison, a pair of thumbs, or a 
 from __future__ import annotations
 
 import random
+import tempfile
+from pathlib import Path
 
 from flywheel.events import SCHEMA_VERSION, new_event_id, timestamp_now
 from flywheel.settings import TOPIC_COMPLETIONS, TOPIC_FEEDBACK
@@ -98,3 +100,41 @@ def traffic(count: int, seed: int = 0) -> list[tuple[str, bytes]]:
         records.append((TOPIC_COMPLETIONS, event.SerializeToString()))
         records.append((TOPIC_FEEDBACK, feedback(event, kind).SerializeToString()))
     return records
+
+
+def build_taught_policy(target: Path, steps: int = 60, seed: int = 0) -> Path:
+    """A tiny random Llama taught to answer like the synthetic traffic: polite or curt, half each.
+
+    A random policy writes noise that no reward model can rank; this one writes both kinds of
+    answer, so PPO has a real choice to shift toward the hidden preference.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from flywheel.models import build_tiny_model, is_prepared, publish_dir
+
+    if is_prepared(target):
+        return target
+    base = build_tiny_model(target.parent / f"{target.name}-random", seed=seed)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    rng = random.Random(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        batch = []
+        for _ in range(16):
+            event = completion(rng.randrange(10_000), rng)
+            chat = [{"role": "user", "content": event.messages[0].content},
+                    {"role": "assistant", "content": event.choices[rng.randrange(2)].text}]  # fmt: skip
+            batch.append(tokenizer.apply_chat_template(chat, tokenize=False).rstrip("\n"))
+        encoded = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+        labels = encoded.input_ids.masked_fill(encoded.attention_mask == 0, -100)
+        loss = model(**encoded, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    tmp = Path(tempfile.mkdtemp(prefix=".taught-", dir=target.parent))
+    model.to(torch.bfloat16).save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    publish_dir(tmp, target)
+    return target

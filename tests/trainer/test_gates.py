@@ -15,7 +15,8 @@ def test_reward_model_gate_wants_the_floor_and_no_regression():
 
 
 def test_policy_gate_passes_a_better_policy_within_budget():
-    assert policy_gate(PolicyMeasure(1.2, 2.0, 30), PolicyMeasure(1.0, 1.0, 28), PolicyMeasure(0.5, 0.0, 25), GATES) == []
+    new, parent, reference = PolicyMeasure(1.2, 2.0, 30), PolicyMeasure(1.0, 1.0, 28), PolicyMeasure(0.5, 0.0, 25)
+    assert policy_gate(new, parent, reference, GATES) == []
 
 
 def test_policy_gate_refuses_a_degenerate_policy_with_every_reason():

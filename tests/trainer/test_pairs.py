@@ -51,5 +51,5 @@ def test_build_pairs_splits_by_prompt_and_keeps_every_source():
     assert 5 <= len(held) <= 40  # about 10 % of 200 prompts
     assert all(is_heldout(k, 10) for k in held)
     # growing the data never moves a prompt across the split
-    bigger = build_pairs([], ranked + [RankedCompletion("new", PROMPT, ("x", "y"), (0, 1), 0, 5000)], [], {}, 10)
+    bigger = build_pairs([], [*ranked, RankedCompletion("new", PROMPT, ("x", "y"), (0, 1), 0, 5000)], [], {}, 10)
     assert held <= {p.prompt_key for p in bigger.heldout}
