@@ -24,7 +24,7 @@ def _setup_logging(level: str) -> None:
         datefmt="%H:%M:%S",
     )
     # kafka-python logs every failed connection attempt; our publishers report outages once.
-    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    logging.getLogger("kafka").setLevel(logging.CRITICAL if level != "debug" else logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 

@@ -198,7 +198,6 @@ class TrainerSettings(CommonSettings):
     port: int = Field(9300, description="HTTP port of /metrics, /healthz, /readyz and /status.")
     grpc_port: int = Field(50053, description="TrainerService gRPC port.")
     base_version: str = Field("base", description="Version name of the base policy (as serving names it).")
-    consumer_group: str = Field("flywheel-trainer", description="Kafka consumer group of the trainer.")
     torch_threads: int = Field(2, description="Threads torch uses for training.")
     seed: int = 0
     rounds: RoundTriggerSection = RoundTriggerSection()

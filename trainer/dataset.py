@@ -99,6 +99,13 @@ CREATE TABLE IF NOT EXISTS rounds (
     metrics TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS positions (
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL,
+    last_digest TEXT NOT NULL,
+    PRIMARY KEY (topic, partition)
+);
 """
 
 
@@ -201,11 +208,19 @@ class DatasetStore:
 
     # -- ingestion
 
-    def ingest(self, records: Iterable[tuple[str, bytes]]) -> IngestResult:
-        """Store a batch of (topic, payload) records in one transaction; replays are no-ops."""
+    def ingest(
+        self, records: Iterable[tuple[str, bytes]], positions: dict[tuple[str, int], tuple[int, str]] | None = None
+    ) -> IngestResult:
+        """Store a batch of (topic, payload) records in one transaction; replays are no-ops.
+
+        `positions` ({(topic, partition): (next offset, digest of the last record)}) are saved in
+        the same transaction: the consumer's place in Kafka moves only with the rows it read.
+        """
         result = IngestResult()
         now = time.time()
         with self._transaction() as db:
+            for (topic, partition), (offset, digest) in (positions or {}).items():
+                db.execute("INSERT OR REPLACE INTO positions VALUES (?, ?, ?, ?)", (topic, partition, offset, digest))
             for topic, payload in records:
                 try:
                     kind = self._ingest_one(db, topic, payload, now)
@@ -436,6 +451,10 @@ class DatasetStore:
         placeholders = ",".join("?" * len(outcomes))
         rows = self._query(f"SELECT MAX(feedback_seq) FROM rounds WHERE outcome IN ({placeholders})", outcomes)
         return rows[0][0] or 0
+
+    def positions(self) -> dict[tuple[str, int], tuple[int, str]]:
+        rows = self._query("SELECT topic, partition, next_offset, last_digest FROM positions")
+        return {(topic, partition): (offset, digest) for topic, partition, offset, digest in rows}
 
     def get_state(self, key: str, default: str = "") -> str:
         rows = self._query("SELECT value FROM state WHERE key = ?", (key,))

@@ -16,11 +16,11 @@ class TrainerMetrics:
             "flywheel_trainer_events_ingested", "Events stored, by kind (replays not counted).", ["kind"], registry=r
         )
         self.events_duplicate = Counter(
-            "flywheel_trainer_events_duplicate", "Events already stored (replays), by topic.", ["topic"], registry=r
+            "flywheel_trainer_events_duplicate", "Records already stored (replays), not counted again.", registry=r
         )
-        self.events_invalid = Counter(
-            "flywheel_trainer_events_invalid", "Undecodable records skipped, by topic.", ["topic"], registry=r
-        )
+        self.events_invalid = Counter("flywheel_trainer_events_invalid", "Undecodable records skipped.", registry=r)
+        self.lag = Gauge("flywheel_trainer_ingest_lag", "Records on the broker not yet stored, by topic.", ["topic"],
+                         registry=r)  # fmt: skip
         self.feedback_waiting = Gauge(
             "flywheel_trainer_feedback_waiting", "Ratings and comparisons waiting for their completion.", registry=r
         )

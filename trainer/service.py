@@ -168,9 +168,7 @@ class TrainerService:
         while not self._stop.is_set():
             try:
                 if self.ingestor is None:
-                    self.ingestor = Ingestor.connect(
-                        self.settings.kafka_bootstrap, self.settings.consumer_group, self.dataset, self.metrics
-                    )
+                    self.ingestor = Ingestor.connect(self.settings.kafka_bootstrap, self.dataset, self.metrics)
                 if self.ingestor.poll(timeout_ms=500):
                     self._wake.set()
             except KafkaError as exc:
@@ -226,8 +224,7 @@ class TrainerService:
 
     def catch_up(self) -> None:
         """Ingest everything on the topics now (for `flywheel train --once`)."""
-        settings = self.settings
-        ingestor = Ingestor.connect(settings.kafka_bootstrap, settings.consumer_group, self.dataset, self.metrics)
+        ingestor = Ingestor.connect(self.settings.kafka_bootstrap, self.dataset, self.metrics)
         try:
             result = ingestor.catch_up()
             log.info("ingested %d new events (%d replays)", result.stored, result.duplicates)

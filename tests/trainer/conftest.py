@@ -64,7 +64,7 @@ def start_trainer(tmp: Path, kafka: str, model: Path, **extra: str) -> TrainerPr
     env = dict(os.environ)
     env.update(fast_env())
     env.update({"FLYWHEEL_DATA_DIR": str(tmp / "data"), "FLYWHEEL_KAFKA_BOOTSTRAP": kafka, **extra})
-    args = [sys.executable, "-m", "flywheel.cli", "train", "--model", str(model),
+    args = [sys.executable, "-m", "flywheel.cli", "--log-level", "debug", "train", "--model", str(model),
             "--port", str(port), "--grpc-port", str(grpc_port)]  # fmt: skip
     trainer = TrainerProcess(f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", None, tmp / "trainer.log", args, env)
     trainer.restart()

@@ -44,13 +44,13 @@ POLITE = [
 CURT = ["{t}. Whatever.", "No. {t} is boring.", "Go away, {t} is not worth it."]
 
 
-def completion(i: int, rng: random.Random, version: str = "base") -> events_pb2.Completion:
+def completion(i: int, rng: random.Random, version: str = "base", prefix: str = "cmpl") -> events_pb2.Completion:
     topic = TOPICS[i % len(TOPICS)]
     event = events_pb2.Completion(
         event_id=new_event_id(),
         created_at=timestamp_now(),
         schema_version=SCHEMA_VERSION,
-        completion_id=f"cmpl-{i}",
+        completion_id=f"{prefix}-{i}",
         user_id=f"user-{i % 7}",
         policy_version=version,
         model="tiny",
@@ -95,7 +95,7 @@ def traffic(count: int, seed: int = 0) -> list[tuple[str, bytes]]:
     rng = random.Random(seed)
     records = []
     for i in range(count):
-        event = completion(i, rng)
+        event = completion(i, rng, prefix=f"cmpl-s{seed}")
         kind = ("comparison", "up", "down")[i % 3]
         records.append((TOPIC_COMPLETIONS, event.SerializeToString()))
         records.append((TOPIC_FEEDBACK, feedback(event, kind).SerializeToString()))
