@@ -42,7 +42,10 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 bench: install
-	$(PY) bench/serving.py
+	mkdir -p bench/results
+	$(PY) bench/serving.py --out bench/results/serving.json
+	$(PY) bench/feedback.py --out bench/results/feedback.json
+	$(PY) bench/trainer.py --out bench/results/trainer.json
 
 clean:
 	rm -rf $(VENV) flywheel/v1/*_pb2*.py flywheel/v1/*_pb2*.pyi

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from flywheel.broker import Broker
-from flywheel.models import build_tiny_model
+from flywheel.models import build_tiny_model, prepare_default_model
 from flywheel.supervisor import wait_http_ready
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +46,12 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def default_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct converted from the GGUF shipped on PyPI (about half a minute, once)."""
+    return prepare_default_model(tmp_path_factory.mktemp("default-model"), show_progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -108,6 +108,12 @@ def load_reward_model(base_model: str, adapter_dir: Path, max_length: int) -> Re
     return RewardModel(model.merge_and_unload().eval(), tokenizer, max_length)
 
 
+def _linear_names(model: torch.nn.Module) -> list[str]:
+    """Names of the linear layers inside the transformer blocks (what "all-linear" would pick)."""
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear) and ".layers." in name})  # fmt: skip
+
+
 class _Progress(TrainerCallback):
     def __init__(self, report: Callable[[int, int, dict], None]) -> None:
         self.report = report
@@ -149,10 +155,13 @@ def train_reward_model(
     model = _base_classifier(base_model, tokenizer)
     peft_config = None
     if config.lora_rank > 0:
+        layers = model.config.num_hidden_layers
+        top = range(max(0, layers - config.lora_layers), layers) if config.lora_layers else range(layers)
         peft_config = LoraConfig(
             r=config.lora_rank,
             lora_alpha=2 * config.lora_rank,
-            target_modules="all-linear",
+            target_modules=_linear_names(model),
+            layers_to_transform=list(top),
             task_type="SEQ_CLS",
             modules_to_save=["score"],
         )

@@ -28,11 +28,11 @@ def test_tiny_model_loads_and_generates(tiny_model):
 
 
 @pytest.mark.slow
-def test_default_model_conversion_matches_the_gguf(tmp_path):
-    target = prepare_default_model(tmp_path, show_progress=False)
+def test_default_model_conversion_matches_the_gguf(default_model):
+    target = default_model
     assert target.name == DEFAULT_MODEL_NAME and is_prepared(target)
     assert (target / "model.safetensors").exists() and (target / "tokenizer.json").exists()
-    assert prepare_default_model(tmp_path, show_progress=False) == target  # once: the second call is a no-op
+    assert prepare_default_model(target.parent, show_progress=False) == target  # once: the second call is a no-op
 
     converted = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32)
     assert converted.config.to_dict().get("quantization_config") is None
