@@ -182,6 +182,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     kafka = f"127.0.0.1:{args.broker_port}"
     serving_url = f"http://127.0.0.1:{args.serving_port}"
     feedback_url = f"http://127.0.0.1:{args.feedback_port}"
+    trainer_url = f"http://127.0.0.1:{args.trainer_port}"
     env = {"FLYWHEEL_DATA_DIR": str(data_dir), "FLYWHEEL_KAFKA_BOOTSTRAP": kafka}
     children = [
         Child(
@@ -205,13 +206,24 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"{feedback_url} (gRPC :{args.feedback_grpc_port})",
             env,
         ),
+        Child(
+            "trainer",
+            python_cli(
+                "train", "--model", model, "--port", str(args.trainer_port), "--grpc-port", str(args.trainer_grpc_port)
+            ),
+            http_ready(f"{trainer_url}/readyz"),
+            f"{trainer_url}/status (gRPC :{args.trainer_grpc_port})",
+            env,
+        ),
     ]
 
     def announce() -> None:
         print(  # noqa: T201
             f"\nFlywheel is up.\n  chat API:      {serving_url}/v1/chat/completions\n"
             f"  feedback API:  {feedback_url}/v1/feedback, /v1/comparisons (gRPC 127.0.0.1:{args.feedback_grpc_port})\n"
-            f"  metrics:       {serving_url}/metrics, {feedback_url}/metrics\n  Kafka:         {kafka}\n"
+            f"  trainer:       {trainer_url}/status (flywheel status; gRPC 127.0.0.1:{args.trainer_grpc_port})\n"
+            f"  metrics:       {serving_url}/metrics, {feedback_url}/metrics, {trainer_url}/metrics\n"
+            f"  Kafka:         {kafka}\n"
             f"  logs:          {data_dir / 'logs'}\nCtrl-C stops everything."
         )
 
@@ -250,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--broker-port", type=int, default=9092)
     up.add_argument("--feedback-port", type=int, default=8001)
     up.add_argument("--feedback-grpc-port", type=int, default=50051)
+    up.add_argument("--trainer-port", type=int, default=9300)
+    up.add_argument("--trainer-grpc-port", type=int, default=50053)
     up.set_defaults(func=cmd_up)
 
     train = verbs.add_parser("train", help="run the trainer (ingest feedback, train, publish policies)")

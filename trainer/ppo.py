@@ -149,6 +149,7 @@ def run_ppo(
         num_sample_generations=0,
         bf16=True,
         use_cpu=True,
+        gradient_checkpointing=False,  # TRL turns it on; here memory is plenty and recomputing costs 2x
         logging_steps=1,
         save_strategy="no",
         report_to=[],

@@ -174,6 +174,7 @@ def train_reward_model(
         warmup_steps=max(1, int(0.05 * config.epochs * len(rows) / config.batch_size)),
         bf16=True,
         use_cpu=True,
+        gradient_checkpointing=False,  # TRL turns it on; here memory is plenty and recomputing costs 2x
         max_length=None,  # rows are truncated (from the left) already; TRL would drop long ones
         pad_to_multiple_of=32,  # few distinct shapes: oneDNN builds kernels per shape
         logging_steps=5,

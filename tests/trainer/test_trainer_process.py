@@ -119,8 +119,14 @@ def test_a_trainer_killed_during_a_round_leaves_no_version_and_recovers(own_brok
         assert stub.TriggerRound(trainer_pb2.TriggerRoundRequest(), timeout=10).accepted
         version = wait_for(lambda: status(trainer)["published_version"], 300, "a published version")
         assert not stub.Resume(trainer_pb2.ResumeRequest(), timeout=10).paused
+        metrics = httpx.get(f"{trainer.url}/metrics", timeout=10).text
+        shown = subprocess.run(
+            [sys.executable, "-m", "flywheel.cli", "status", "--trainer", trainer.grpc],
+            capture_output=True, text=True, cwd=ROOT, timeout=60,
+        )  # fmt: skip
     finally:
         channel.close()
+        trainer.stop()
     manifest = ModelStore(store).verify(version)
     (event,) = consume(
         own_broker.bootstrap, TOPIC_POLICY, events_pb2.PolicyPublished.FromString, lambda got: len(got) >= 1
@@ -128,14 +134,8 @@ def test_a_trainer_killed_during_a_round_leaves_no_version_and_recovers(own_brok
     assert event.version == version
     assert {(f.path, f.sha256) for f in event.files} == {(f.path, f.sha256) for f in manifest.files}
 
-    metrics = httpx.get(f"{trainer.url}/metrics", timeout=10).text
     assert 'flywheel_trainer_rounds_total{outcome="published"} 1.0' in metrics
     assert "flywheel_trainer_feedback_to_policy_seconds_count 1.0" in metrics
-    shown = subprocess.run(
-        [sys.executable, "-m", "flywheel.cli", "status", "--trainer", trainer.grpc],
-        capture_output=True, text=True, cwd=ROOT, timeout=60,
-    )  # fmt: skip
-    trainer.stop()
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["publishedVersion"] == version
 
