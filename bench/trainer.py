@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import resource
 import sys
 import tempfile
@@ -30,6 +31,8 @@ def main() -> int:
     parser.add_argument("--model", help="base policy (default: the converted default model)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
     from flywheel.broker import Broker
     from flywheel.kafka import make_producer

@@ -10,12 +10,12 @@ import asyncio
 import logging
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pydantic import ValidationError
 
 from feedback.protocol import ComparisonCreate, FeedbackCreate
 from feedback.service import FeedbackRejected, FeedbackService, Prepared
 from flywheel.auth import Unauthorized, resolve_user
+from flywheel.grpc_server import start_grpc_server as start_server
 from flywheel.v1 import feedback_pb2, feedback_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -154,15 +154,7 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
 
 
 async def start_grpc_server(servicer: FeedbackServicer, host: str, port: int) -> grpc.aio.Server:
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
-    feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(servicer, server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise RuntimeError(f"cannot bind gRPC on {host}:{port}")
-    await server.start()
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("feedback gRPC on %s:%d", host, bound)
-    return server
+    return await start_server(
+        lambda server: feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(servicer, server),
+        SERVICE_NAME, host, port, options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+    )  # fmt: skip

@@ -9,16 +9,13 @@ Knows nothing of Kafka; it takes (topic, bytes) records.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import sqlite3
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf.json_format import MessageToDict
@@ -26,154 +23,20 @@ from google.protobuf.message import DecodeError
 
 from flywheel.settings import TOPIC_COMPLETIONS, TOPIC_FEEDBACK
 from flywheel.v1 import events_pb2
+from trainer.records import (
+    FEEDBACK_KINDS,
+    SCHEMA,
+    ExternalPairRow,
+    IngestResult,
+    RankedCompletion,
+    RatedResponse,
+    RoundRecord,
+    messages_from_json,
+    prompt_key,
+    seconds,
+)
 
 log = logging.getLogger(__name__)
-
-FEEDBACK_KINDS = ("thumbs", "comparison", "external_pair")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id TEXT NOT NULL UNIQUE,
-    idempotency_key TEXT UNIQUE,
-    topic TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    completion_id TEXT,
-    user_id TEXT,
-    created_at REAL NOT NULL,
-    ingested_at REAL NOT NULL,
-    payload BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS completions (
-    completion_id TEXT PRIMARY KEY,
-    user_id TEXT,
-    policy_version TEXT,
-    prompt_key TEXT NOT NULL,
-    messages TEXT NOT NULL,
-    choices TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    seq INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS completions_prompt ON completions(prompt_key);
-CREATE TABLE IF NOT EXISTS ratings (
-    completion_id TEXT NOT NULL,
-    choice_index INTEGER NOT NULL,
-    user_id TEXT NOT NULL,
-    rating INTEGER NOT NULL,
-    policy_version TEXT,
-    created_at REAL NOT NULL,
-    seq INTEGER NOT NULL,
-    PRIMARY KEY (completion_id, choice_index, user_id)
-);
-CREATE TABLE IF NOT EXISTS comparisons (
-    completion_id TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    ranking TEXT NOT NULL,
-    strength INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    seq INTEGER NOT NULL,
-    PRIMARY KEY (completion_id, user_id)
-);
-CREATE TABLE IF NOT EXISTS external_pairs (
-    seq INTEGER PRIMARY KEY,
-    prompt_key TEXT NOT NULL,
-    prompt TEXT NOT NULL,
-    chosen TEXT NOT NULL,
-    rejected TEXT NOT NULL,
-    source TEXT
-);
-CREATE TABLE IF NOT EXISTS samples (
-    prompt_key TEXT NOT NULL,
-    policy_version TEXT NOT NULL,
-    text TEXT NOT NULL,
-    PRIMARY KEY (prompt_key, policy_version)
-);
-CREATE TABLE IF NOT EXISTS rounds (
-    round INTEGER PRIMARY KEY,
-    started_at REAL NOT NULL,
-    finished_at REAL,
-    outcome TEXT NOT NULL,
-    reason TEXT NOT NULL DEFAULT '',
-    version TEXT NOT NULL DEFAULT '',
-    feedback_seq INTEGER NOT NULL,
-    metrics TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS positions (
-    topic TEXT NOT NULL,
-    partition INTEGER NOT NULL,
-    next_offset INTEGER NOT NULL,
-    last_digest TEXT NOT NULL,
-    PRIMARY KEY (topic, partition)
-);
-"""
-
-
-def prompt_key(messages: Iterable[tuple[str, str]]) -> str:
-    """The identity of a prompt: the same conversation so far, whoever sent it."""
-    canonical = json.dumps([[role, content.strip()] for role, content in messages], ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
-
-
-def _seconds(stamp) -> float:
-    return stamp.seconds + stamp.nanos / 1e9
-
-
-@dataclass
-class IngestResult:
-    stored: int = 0
-    duplicates: int = 0
-    invalid: int = 0
-    kinds: Counter = field(default_factory=Counter)  # stored events by kind
-
-
-@dataclass(frozen=True)
-class RatedResponse:
-    """One choice of one completion with its users' net rating (+ up, - down)."""
-
-    prompt_key: str
-    messages: tuple[tuple[str, str], ...]
-    completion_id: str
-    choice_index: int
-    text: str
-    net_rating: int
-    seq: int
-
-
-@dataclass(frozen=True)
-class RankedCompletion:
-    prompt_key: str
-    messages: tuple[tuple[str, str], ...]
-    texts: tuple[str, ...]
-    ranking: tuple[int, ...]
-    strength: int
-    seq: int
-
-
-@dataclass(frozen=True)
-class ExternalPairRow:
-    prompt_key: str
-    messages: tuple[tuple[str, str], ...]
-    chosen: str
-    rejected: str
-    seq: int
-
-
-@dataclass(frozen=True)
-class RoundRecord:
-    round: int
-    started_at: float
-    finished_at: float | None
-    outcome: str
-    reason: str
-    version: str
-    feedback_seq: int
-    metrics: dict[str, float]
-
-
-def _messages(raw: str) -> tuple[tuple[str, str], ...]:
-    return tuple((role, content) for role, content in json.loads(raw))
-
 
 class DatasetStore:
     """SQLite in WAL mode; one connection guarded by a lock (ingestion and rounds share it)."""
@@ -184,7 +47,7 @@ class DatasetStore:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(SCHEMA)
         self._lock = threading.RLock()
 
     def close(self) -> None:
@@ -241,7 +104,7 @@ class DatasetStore:
             "INSERT OR IGNORE INTO events (event_id, idempotency_key, topic, kind, completion_id, user_id,"
             " created_at, ingested_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (event.event_id, key, topic, kind, event.completion_id, event.user_id,
-             _seconds(event.created_at), now, payload),
+             seconds(event.created_at), now, payload),
         )  # fmt: skip
         return cursor.lastrowid if cursor.rowcount else 0
 
@@ -259,7 +122,7 @@ class DatasetStore:
                     "INSERT OR IGNORE INTO completions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (event.completion_id, event.user_id, event.policy_version, prompt_key(messages),
                      json.dumps(messages), json.dumps([c.text for c in choices]),
-                     _seconds(event.created_at), seq),
+                     seconds(event.created_at), seq),
                 )  # fmt: skip
             return "completion" if seq else ""
         if topic != TOPIC_FEEDBACK:
@@ -271,7 +134,7 @@ class DatasetStore:
         seq = self._insert_event(db, event, topic, kind, payload, now, event.idempotency_key or None)
         if not seq:
             return ""
-        created = _seconds(event.created_at)
+        created = seconds(event.created_at)
         if kind == "thumbs":
             rating = 1 if event.thumbs.rating == events_pb2.RATING_UP else -1
             # The latest rating by created_at wins; a replay of an older one changes nothing.
@@ -312,7 +175,8 @@ class DatasetStore:
         for key, messages, choices, completion_id, index, net, seq in rows:
             texts = json.loads(choices)
             if 0 <= index < len(texts):
-                rated.append(RatedResponse(key, _messages(messages), completion_id, index, texts[index], net, seq))
+                turns = messages_from_json(messages)
+                rated.append(RatedResponse(key, turns, completion_id, index, texts[index], net, seq))
         return rated
 
     def ranked_completions(self) -> list[RankedCompletion]:
@@ -321,7 +185,7 @@ class DatasetStore:
             " FROM comparisons k JOIN completions c USING (completion_id) ORDER BY k.seq"
         )
         return [
-            RankedCompletion(key, _messages(messages), tuple(json.loads(choices)), tuple(json.loads(ranking)),
+            RankedCompletion(key, messages_from_json(messages), tuple(json.loads(choices)), tuple(json.loads(ranking)),
                              strength, seq)
             for key, messages, choices, ranking, strength, seq in rows
         ]  # fmt: skip
@@ -329,7 +193,7 @@ class DatasetStore:
     def external_pairs(self) -> list[ExternalPairRow]:
         rows = self._query("SELECT prompt_key, prompt, chosen, rejected, seq FROM external_pairs ORDER BY seq")
         return [
-            ExternalPairRow(key, _messages(prompt), chosen, rejected, seq)
+            ExternalPairRow(key, messages_from_json(prompt), chosen, rejected, seq)
             for key, prompt, chosen, rejected, seq in rows
         ]
 
@@ -363,7 +227,7 @@ class DatasetStore:
             " (SELECT MAX(seq) FROM completions GROUP BY prompt_key) ORDER BY seq DESC LIMIT ?",
             (limit,),
         )
-        return [(key, _messages(messages)) for key, messages in rows]
+        return [(key, messages_from_json(messages)) for key, messages in rows]
 
     # -- counts, rounds and state
 

@@ -6,8 +6,8 @@ import asyncio
 import logging
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from flywheel.grpc_server import start_grpc_server as start_server
 from flywheel.v1 import trainer_pb2, trainer_pb2_grpc
 from trainer.service import TrainerService, TrainerStatus
 
@@ -60,14 +60,6 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
 
 async def start_grpc_server(servicer: TrainerServicer, host: str, port: int) -> grpc.aio.Server:
-    server = grpc.aio.server()
-    trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    if server.add_insecure_port(f"{host}:{port}") == 0:
-        raise RuntimeError(f"cannot bind gRPC on {host}:{port}")
-    await server.start()
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("trainer gRPC on %s:%d", host, port)
-    return server
+    return await start_server(
+        lambda server: trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server), SERVICE_NAME, host, port
+    )

@@ -19,8 +19,9 @@ from kafka.errors import KafkaError
 
 from flywheel.kafka import make_consumer
 from flywheel.settings import TOPIC_COMPLETIONS, TOPIC_FEEDBACK
-from trainer.dataset import DatasetStore, IngestResult
+from trainer.dataset import DatasetStore
 from trainer.metrics import TrainerMetrics
+from trainer.records import IngestResult
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,9 @@ from pathlib import Path
 from flywheel.hh import MalformedDialogue, split_pair
 from flywheel.settings import TrainerSettings
 from flywheel.store import ModelStore
-from trainer.dataset import DatasetStore, prompt_key
+from trainer.dataset import DatasetStore
 from trainer.pairs import Pair, build_pairs
+from trainer.records import prompt_key
 from trainer.reward import load_reward_model
 from trainer.round import REWARD_MODEL_KEY
 

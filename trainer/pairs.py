@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 
-from trainer.dataset import ExternalPairRow, RankedCompletion, RatedResponse
+from trainer.records import ExternalPairRow, RankedCompletion, RatedResponse
 
 TIE = 4  # ComparisonStrength.COMPARISON_STRENGTH_TIE
 MAX_PAIRS_PER_PROMPT = 16

@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedToken
 
 from flywheel.settings import PPOSection
 from trainer.pairs import Messages
-from trainer.reward import RewardModel, load_tokenizer, prompt_ids
+from trainer.reward import RewardModel, load_tokenizer, prompt_ids, quiet
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,7 @@ def run_ppo(
         value_model=value_model,
         callbacks=[collect],
     )
+    quiet(trainer)
     trainer.train()
     seconds = time.monotonic() - started
     trained = trainer.accelerator.unwrap_model(trainer.model).policy

@@ -114,6 +114,14 @@ def _linear_names(model: torch.nn.Module) -> list[str]:
                    if isinstance(module, torch.nn.Linear) and ".layers." in name})  # fmt: skip
 
 
+def quiet(trainer) -> None:
+    """Drop the callbacks that print to stdout (the CLI's stdout carries JSON); our loggers report."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+
+
 class _Progress(TrainerCallback):
     def __init__(self, report: Callable[[int, int, dict], None]) -> None:
         self.report = report
@@ -194,6 +202,7 @@ def train_reward_model(
         peft_config=peft_config,
         callbacks=callbacks,
     )
+    quiet(trainer)
     output = trainer.train()
     seconds = time.monotonic() - started
     trained = trainer.model

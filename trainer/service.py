@@ -18,9 +18,10 @@ from flywheel.kafka import close_quietly, make_producer
 from flywheel.settings import TOPIC_POLICY, TrainerSettings
 from flywheel.store import ModelStore
 from flywheel.v1 import events_pb2
-from trainer.dataset import DatasetStore, RoundRecord
+from trainer.dataset import DatasetStore
 from trainer.ingest import Ingestor
 from trainer.metrics import TrainerMetrics
+from trainer.records import RoundRecord
 from trainer.round import (
     RoundContext,
     RoundResult,

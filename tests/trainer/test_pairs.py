@@ -1,7 +1,7 @@
 """Preference pairs from feedback: pure functions over store rows."""
 
-from trainer.dataset import ExternalPairRow, RankedCompletion, RatedResponse
 from trainer.pairs import TIE, build_pairs, is_heldout, ranking_pairs, thumbs_pairs
+from trainer.records import ExternalPairRow, RankedCompletion, RatedResponse
 
 PROMPT = (("user", "hi"),)
 

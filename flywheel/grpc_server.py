@@ -1,0 +1,33 @@
+"""One way to start a gRPC server: asyncio, insecure port on the service's host, health checking."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+async def start_grpc_server(
+    register: Callable[[grpc.aio.Server], None],
+    service_name: str,
+    host: str,
+    port: int,
+    options: Sequence[tuple[str, object]] = (),
+) -> grpc.aio.Server:
+    """Start a server with `register(server)`'s servicers; health reports SERVING once it listens."""
+    server = grpc.aio.server(options=list(options))
+    register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise RuntimeError(f"cannot bind gRPC on {host}:{port}")
+    await server.start()
+    for name in ("", service_name):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("%s on %s:%d", service_name, host, bound)
+    return server

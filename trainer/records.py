@@ -1,0 +1,157 @@
+"""What the dataset store holds: its SQLite schema and the rows it hands to pair building.
+
+Plain data, no database connection: `trainer.pairs` works on these without SQLite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+FEEDBACK_KINDS = ("thumbs", "comparison", "external_pair")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    idempotency_key TEXT UNIQUE,
+    topic TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    completion_id TEXT,
+    user_id TEXT,
+    created_at REAL NOT NULL,
+    ingested_at REAL NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS completions (
+    completion_id TEXT PRIMARY KEY,
+    user_id TEXT,
+    policy_version TEXT,
+    prompt_key TEXT NOT NULL,
+    messages TEXT NOT NULL,
+    choices TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS completions_prompt ON completions(prompt_key);
+CREATE TABLE IF NOT EXISTS ratings (
+    completion_id TEXT NOT NULL,
+    choice_index INTEGER NOT NULL,
+    user_id TEXT NOT NULL,
+    rating INTEGER NOT NULL,
+    policy_version TEXT,
+    created_at REAL NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (completion_id, choice_index, user_id)
+);
+CREATE TABLE IF NOT EXISTS comparisons (
+    completion_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    ranking TEXT NOT NULL,
+    strength INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (completion_id, user_id)
+);
+CREATE TABLE IF NOT EXISTS external_pairs (
+    seq INTEGER PRIMARY KEY,
+    prompt_key TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    chosen TEXT NOT NULL,
+    rejected TEXT NOT NULL,
+    source TEXT
+);
+CREATE TABLE IF NOT EXISTS samples (
+    prompt_key TEXT NOT NULL,
+    policy_version TEXT NOT NULL,
+    text TEXT NOT NULL,
+    PRIMARY KEY (prompt_key, policy_version)
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    round INTEGER PRIMARY KEY,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    outcome TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    version TEXT NOT NULL DEFAULT '',
+    feedback_seq INTEGER NOT NULL,
+    metrics TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS positions (
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL,
+    last_digest TEXT NOT NULL,
+    PRIMARY KEY (topic, partition)
+);
+"""
+
+
+def prompt_key(messages: Iterable[tuple[str, str]]) -> str:
+    """The identity of a prompt: the same conversation so far, whoever sent it."""
+    canonical = json.dumps([[role, content.strip()] for role, content in messages], ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
+
+
+def seconds(stamp) -> float:
+    return stamp.seconds + stamp.nanos / 1e9
+
+
+@dataclass
+class IngestResult:
+    stored: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    kinds: Counter = field(default_factory=Counter)  # stored events by kind
+
+
+@dataclass(frozen=True)
+class RatedResponse:
+    """One choice of one completion with its users' net rating (+ up, - down)."""
+
+    prompt_key: str
+    messages: tuple[tuple[str, str], ...]
+    completion_id: str
+    choice_index: int
+    text: str
+    net_rating: int
+    seq: int
+
+
+@dataclass(frozen=True)
+class RankedCompletion:
+    prompt_key: str
+    messages: tuple[tuple[str, str], ...]
+    texts: tuple[str, ...]
+    ranking: tuple[int, ...]
+    strength: int
+    seq: int
+
+
+@dataclass(frozen=True)
+class ExternalPairRow:
+    prompt_key: str
+    messages: tuple[tuple[str, str], ...]
+    chosen: str
+    rejected: str
+    seq: int
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    round: int
+    started_at: float
+    finished_at: float | None
+    outcome: str
+    reason: str
+    version: str
+    feedback_seq: int
+    metrics: dict[str, float]
+
+
+def messages_from_json(raw: str) -> tuple[tuple[str, str], ...]:
+    return tuple((role, content) for role, content in json.loads(raw))
