@@ -10,9 +10,17 @@ STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/flywheel/v1/*.proto)
 GENERATED := $(patsubst protos/%.proto,%_pb2.py,$(PROTOS))
 
-.PHONY: install run test lint bench protos clean
+.PHONY: install system run test lint bench protos clean
 
 install: $(STAMP) $(GENERATED)
+
+# Debian's Prometheus (promtool) and Chromium, for the metrics and browser tests. Installed once,
+# when missing; needs root (as on CI) or an existing install.
+SYSTEM_TOOLS := /usr/bin/prometheus /usr/bin/promtool /usr/bin/chromium
+system:
+	@if ! ls $(SYSTEM_TOOLS) >/dev/null 2>&1; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus chromium >/dev/null; \
+	fi
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +42,7 @@ protos: $(GENERATED)
 run: install
 	$(VENV)/bin/flywheel up
 
-test: install
+test: install system
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 

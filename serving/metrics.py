@@ -64,3 +64,33 @@ class ServingMetrics:
         self.publish_errors = Counter(
             "flywheel_serving_completion_event_publish_errors", "Failed attempts to publish to Kafka.", registry=r
         )
+        self.swap_seconds = Histogram(
+            "flywheel_serving_policy_swap_seconds",
+            "Time from a PolicyPublished event to the version being live (verify, load, warm up).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.versions_loaded = Gauge(
+            "flywheel_serving_policy_versions_loaded", "Policy versions loaded in the engine.", registry=r
+        )
+        self.canary_fraction = Gauge(
+            "flywheel_serving_canary_fraction", "Share of users routed to the canary version.", registry=r
+        )
+        self.refused_versions = Counter(
+            "flywheel_serving_policy_refused", "Published versions refused, by reason.", ["reason"], registry=r
+        )
+        self.swap_failures = Counter(
+            "flywheel_serving_policy_swap_failures", "Versions that failed to load or warm up.", registry=r
+        )
+        self.rollout_decisions = Counter(
+            "flywheel_serving_rollout_decisions",
+            "Roll-out decisions applied, by outcome (promoted, rolled_back) and source (auto, operator).",
+            ["outcome", "source"],
+            registry=r,
+        )
+        self.thumbs = Counter(
+            "flywheel_serving_rollout_thumbs",
+            "Thumbs seen by the roll-out controller, by policy version and direction (up, down).",
+            ["policy_version", "direction"],
+            registry=r,
+        )
