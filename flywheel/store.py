@@ -78,8 +78,11 @@ def _fsync_dir(path: Path) -> None:
 class ModelStore:
     """Versions under `root/<version>/`; `publish` is the only writer and is atomic."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, readonly: bool = False) -> None:
+        """`readonly`: a reader (a serving replica) that must never touch a writer's temporary directories."""
         self.root = Path(root)
+        if readonly:
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         for leftover in self.root.glob(f"{_TMP_PREFIX}*"):
             log.warning("removing a half-written version %s (its writer stopped mid-way)", leftover.name)
@@ -162,6 +165,8 @@ class ModelStore:
     def versions(self) -> list[Manifest]:
         """Every complete version, oldest first."""
         found = []
+        if not self.root.is_dir():
+            return found
         for path in self.root.iterdir():
             if path.is_dir() and not path.name.startswith(".") and (path / MANIFEST).is_file():
                 try:

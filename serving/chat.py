@@ -170,13 +170,16 @@ class ChatService:
 
     # -- generation
 
-    def _generate(self, prep: _Prepared) -> AsyncIterator[RequestOutput]:
-        return self.engine.generate(
-            TokensPrompt(prompt_token_ids=prep.prompt_ids),
-            prep.sampling,
-            prep.completion_id,
-            lora_request=prep.policy.lora,
-        )
+    async def _generate(self, prep: _Prepared) -> AsyncIterator[RequestOutput]:
+        # The version stays loaded until this request is over (finished, aborted or disconnected).
+        with self.router.using(prep.policy):
+            async for output in self.engine.generate(
+                TokensPrompt(prompt_token_ids=prep.prompt_ids),
+                prep.sampling,
+                prep.completion_id,
+                lora_request=prep.policy.lora,
+            ):
+                yield output
 
     def _absorb(self, prep: _Prepared, output: CompletionOutput) -> tuple[_ChoiceState, ChoiceLogprobs | None]:
         state = prep.choices[output.index]

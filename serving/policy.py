@@ -1,12 +1,17 @@
 """Which policy version serves a request.
 
-Knows versions and their LoRA adapters, not the engine: loading and roll-out decisions live
-elsewhere. The base policy is always present; a canary is chosen by a sticky hash of the user.
+Knows versions and their LoRA adapters, not the engine: loading and roll-out decisions live in
+serving/rollout.py. The base policy is always present; a canary is chosen by a sticky hash of the
+user, so one user sees one version for a whole conversation. Requests hold their version while
+they run (`using`), so a version is never unloaded under a request that started on it.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from vllm.lora.request import LoRARequest
@@ -28,6 +33,7 @@ class PolicyRouter:
     canary: ServedPolicy | None = None
     canary_fraction: float = 0.0
     loaded: dict[str, ServedPolicy] = field(default_factory=dict)
+    in_flight: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         self.loaded.setdefault(self.stable.version, self.stable)
@@ -48,6 +54,35 @@ class PolicyRouter:
                 raise UnknownPolicyVersion(
                     f"policy version {pinned!r} is not served here; loaded: {sorted(self.loaded)}"
                 ) from None
-        if self.canary is not None and self.bucket(user_id) < self.canary_fraction:
-            return self.canary
+        canary = self.canary
+        if canary is not None and self.bucket(user_id) < self.canary_fraction:
+            return canary
         return self.stable
+
+    def role(self, version: str) -> str:
+        if version == self.stable.version:
+            return "stable"
+        if self.canary is not None and version == self.canary.version:
+            return "canary"
+        return "loaded"
+
+    @contextmanager
+    def using(self, policy: ServedPolicy) -> Iterator[None]:
+        """Mark `policy` busy while a request runs on it."""
+        self.in_flight[policy.version] += 1
+        try:
+            yield
+        finally:
+            self.in_flight[policy.version] -= 1
+            if self.in_flight[policy.version] <= 0:
+                del self.in_flight[policy.version]
+
+    def evictable(self, keep: int) -> list[ServedPolicy]:
+        """Loaded versions to unload so that at most `keep` stay: idle, neither stable nor canary, oldest first."""
+        spare = [
+            policy
+            for version, policy in self.loaded.items()
+            if policy.lora is not None and self.role(version) == "loaded" and not self.in_flight[version]
+        ]
+        extra = len([p for p in self.loaded.values() if p.lora is not None]) - keep
+        return spare[: max(0, extra)]

@@ -113,6 +113,8 @@ def serving_env(tmp: Path, kafka: str, **extra: str) -> dict[str, str]:
             "FLYWHEEL_MAX_BODY_BYTES": "65536",
             "FLYWHEEL_KV_CACHE_GIB": "1",
             "FLYWHEEL_EVENT_BUFFER_SIZE": "1000",
+            "FLYWHEEL_GRPC_PORT": str(free_port()),
+            "FLYWHEEL_ADMIN_KEY": ADMIN_KEY,
         }
     )
     env.update(extra)

@@ -61,7 +61,8 @@ class PolicyAnnouncer:
         if self._producer is None:
             self._producer = make_producer(self.bootstrap)
         try:
-            self._producer.send(TOPIC_POLICY, key=event.version.encode(), value=event.SerializeToString()).get(30)
+            envelope = events_pb2.PolicyEvent(published=event)
+            self._producer.send(TOPIC_POLICY, key=event.version.encode(), value=envelope.SerializeToString()).get(30)
         except KafkaError:
             close_quietly(self._producer)
             self._producer = None

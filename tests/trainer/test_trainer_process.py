@@ -128,9 +128,10 @@ def test_a_trainer_killed_during_a_round_leaves_no_version_and_recovers(own_brok
         channel.close()
         trainer.stop()
     manifest = ModelStore(store).verify(version)
-    (event,) = consume(
-        own_broker.bootstrap, TOPIC_POLICY, events_pb2.PolicyPublished.FromString, lambda got: len(got) >= 1
+    (envelope,) = consume(
+        own_broker.bootstrap, TOPIC_POLICY, events_pb2.PolicyEvent.FromString, lambda got: len(got) >= 1
     )
+    event = envelope.published
     assert event.version == version
     assert {(f.path, f.sha256) for f in event.files} == {(f.path, f.sha256) for f in manifest.files}
 

@@ -1,0 +1,370 @@
+"""The policy receiver: follows flywheel.policy.v1 and hot-swaps versions into the running engine.
+
+Every event is folded into the roll-out state (flywheel/rollout.py); the replica then converges on
+it: the stable and canary versions loaded (checked file by file against the manifest, loaded as a
+LoRA adapter under a name and id never used before, warmed up with one request) and routed. A
+version that fails a check is refused: never served, counted, logged and announced with a
+`RolloutDecision` (REFUSE) that every replica folds. Operators' actions go through the same topic,
+so every replica obeys them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kafka.errors import KafkaError
+from vllm import SamplingParams
+from vllm.inputs import TokensPrompt
+from vllm.lora.request import LoRARequest
+
+from flywheel.rollout import PolicyLog, decision_event, event_time, fold, read_snapshot
+from flywheel.settings import ServingSettings
+from flywheel.store import ModelStore, StoreError
+from flywheel.v1 import events_pb2
+from serving.metrics import ServingMetrics
+from serving.policy import PolicyRouter, ServedPolicy
+
+log = logging.getLogger(__name__)
+
+Action = events_pb2.RolloutAction
+CATCH_UP_S = 20.0
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+class RefusedVersion(Exception):
+    """A version failed a check; `reason` is a short metric label, the message says what is wrong."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class VersionInfo:
+    version: str
+    parent: str = ""
+    kind: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    loaded_at: float = 0.0
+    swap_seconds: float = 0.0
+
+
+def check_adapter(store: ModelStore, version: str, max_rank: int) -> VersionInfo:
+    """Everything that can be checked before the engine sees a version (raises RefusedVersion)."""
+    try:
+        manifest = store.verify(version)
+    except StoreError as exc:
+        reason = "missing" if "not in the store" in str(exc) or "missing" in str(exc) else "checksum"
+        raise RefusedVersion(reason, str(exc)) from None
+    if manifest.kind != "lora":
+        raise RefusedVersion("kind", f"version {version} is a {manifest.kind!r} version; this replica loads LoRA only")
+    root = store.path(version)
+    listed = {entry.path for entry in manifest.files}
+    for name in ADAPTER_FILES:
+        if name not in listed:
+            raise RefusedVersion("incomplete", f"version {version} has no {name}")
+    try:
+        config = json.loads((root / "adapter_config.json").read_text(encoding="utf-8"))
+        rank = int(config["r"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RefusedVersion("config", f"version {version}: unreadable adapter_config.json ({exc})") from None
+    if rank > max_rank:
+        raise RefusedVersion("rank", f"version {version} has LoRA rank {rank}; this replica allows at most {max_rank}")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(root / "adapter_model.safetensors"), framework="pt") as weights:
+            for name in weights.keys():  # noqa: SIM118 - safe_open has no __iter__
+                weights.get_tensor(name)
+    except Exception as exc:
+        raise RefusedVersion("weights", f"version {version}: adapter weights unreadable ({exc})") from None
+    return VersionInfo(version, manifest.parent, manifest.kind, dict(manifest.metrics))
+
+
+class PolicyReceiver:
+    def __init__(
+        self,
+        engine,
+        router: PolicyRouter,
+        store: ModelStore,
+        settings: ServingSettings,
+        metrics: ServingMetrics,
+    ) -> None:
+        self.engine = engine
+        self.router = router
+        self.store = store
+        self.settings = settings
+        self.metrics = metrics
+        self.replica_id = settings.replica_id or f"{socket.gethostname()}:{settings.port}"
+        self.state = read_snapshot(store.root, settings.canary_fraction)
+        self.refused: dict[str, str] = {}
+        self.versions: dict[str, VersionInfo] = {settings.policy_version: VersionInfo(settings.policy_version)}
+        self.log: PolicyLog | None = None
+        self._ids = itertools.count(1)
+        self._lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._published_at: dict[str, float] = {}
+
+    # -- life cycle
+
+    async def start(self, follow: bool) -> None:
+        """Converge on the store's snapshot, then follow the topic (replays are folded idempotently)."""
+        self._loop = asyncio.get_running_loop()
+        async with self._lock:
+            await self._converge()
+        if follow:
+            self.log = PolicyLog(self.settings.kafka_bootstrap, self._from_thread, self.replica_id).start()
+            # Ready only once the topic's history is folded in: a restarted replica comes back on
+            # the versions the others serve (bounded: a broker that is down does not block start-up).
+            if not await asyncio.to_thread(self.log.wait_caught_up, CATCH_UP_S):
+                log.warning("policy topic not read to its end within %.0f s; starting on the snapshot", CATCH_UP_S)
+
+    async def stop(self) -> None:
+        if self.log is not None:
+            await asyncio.to_thread(self.log.stop)
+
+    def _from_thread(self, event: events_pb2.PolicyEvent) -> None:
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(self.handle(event), self._loop).result()
+
+    # -- events
+
+    async def handle(self, event: events_pb2.PolicyEvent) -> None:
+        async with self._lock:
+            before = self.state
+            self.state = fold(self.state, event)
+            if self.state is before:
+                return
+            if event.HasField("published"):
+                self._published_at[event.published.version] = event_time(event)
+                log.info("version %s published (parent %s)", event.published.version, event.published.parent_version)
+            else:
+                d = event.decision
+                log.info(
+                    "roll-out decision %s %s by %s: %s",
+                    Action.Name(d.action), d.version or "-", d.decided_by or "?", d.reason or "-",
+                )  # fmt: skip
+            await self._converge()
+
+    async def decide(self, event: events_pb2.PolicyEvent) -> None:
+        """An operator's decision: publish it for every replica (acks=all), then obey it here too."""
+        if self.log is not None:
+            await asyncio.to_thread(self.log.publish, event)
+        await self.handle(event)
+
+    async def load(self, version: str) -> ServedPolicy:
+        """Load a version for pinned requests (evaluation) without routing users to it."""
+        async with self._lock:
+            policy = await self._ensure_loaded(version)
+            if policy is None:
+                raise RefusedVersion("refused", f"version {version} was refused: {self.refused.get(version, '?')}")
+            self._evict()
+            return policy
+
+    # -- operators' actions (PolicyService, the admin HTTP routes): (ok, message)
+
+    async def promote(self, version: str = "", reason: str = "") -> tuple[bool, str]:
+        version = version or self.state.canary
+        if not version:
+            return False, "there is no canary to promote; name a version"
+        if version == self.router.stable.version:
+            return False, f"{version} is already the stable version"
+        if version not in self.router.loaded:
+            try:
+                await self.load(version)
+            except RefusedVersion as exc:
+                return False, str(exc)
+        event = decision_event(Action.ROLLOUT_ACTION_PROMOTE, version, state=self.state,
+                               reason=reason or "promoted by an operator", decided_by="operator")  # fmt: skip
+        return await self._decide(event, f"{version} is now stable")
+
+    async def rollback(self, reason: str = "") -> tuple[bool, str]:
+        canary = self.state.canary
+        if not canary:
+            return False, "there is no canary to roll back"
+        event = decision_event(Action.ROLLOUT_ACTION_ROLLBACK, canary, state=self.state,
+                               reason=reason or "rolled back by an operator", decided_by="operator")  # fmt: skip
+        return await self._decide(event, f"{canary} rolled back; {self.state.stable} serves everyone")
+
+    async def set_canary_fraction(self, fraction: float) -> tuple[bool, str]:
+        if not 0.0 <= fraction <= 1.0:
+            return False, f"the canary fraction must be between 0 and 1, not {fraction}"
+        event = decision_event(
+            Action.ROLLOUT_ACTION_SET_CANARY_FRACTION, self.state.canary, state=self.state,
+            reason="set by an operator", decided_by="operator", canary_fraction=fraction,
+        )  # fmt: skip
+        return await self._decide(event, f"canary fraction is now {fraction:g}")
+
+    async def _decide(self, event: events_pb2.PolicyEvent, done: str) -> tuple[bool, str]:
+        try:
+            await self.decide(event)
+        except KafkaError as exc:
+            return False, f"the decision could not be published to Kafka ({exc}); nothing changed"
+        return True, done
+
+    # -- converging on the state
+
+    async def _converge(self) -> None:
+        state, router = self.state, self.router
+        if state.stable != router.stable.version:
+            stable = await self._ensure_loaded(state.stable)
+            if stable is not None:
+                log.info("stable is now %s (was %s)", stable.version, router.stable.version)
+                router.stable = stable
+        canary = None
+        while self.state.canary and self.state.canary != router.stable.version:
+            wanted = self.state.canary
+            canary = await self._ensure_loaded(wanted)
+            if canary is not None or self.state.canary == wanted:
+                break  # else the refusal was folded in: its fallback (or none) is the canary now
+        state = self.state
+        if canary is not None and (router.canary is None or router.canary.version != canary.version):
+            published = self._published_at.pop(canary.version, None)
+            if published is not None:
+                took = max(0.0, time.time() - published)
+                self.versions[canary.version].swap_seconds = took
+                self.metrics.swap_seconds.observe(took)
+            log.info("canary is now %s at %.0f%% of users", canary.version, 100 * state.canary_fraction)
+        router.canary = canary
+        router.canary_fraction = state.canary_fraction
+        self._evict()
+        self._export_metrics()
+
+    async def _ensure_loaded(self, version: str) -> ServedPolicy | None:
+        if version in self.router.loaded:
+            return self.router.loaded[version]
+        if version in self.refused:
+            return None
+        started = time.perf_counter()
+        try:
+            info = await asyncio.to_thread(check_adapter, self.store, version, self.settings.max_lora_rank)
+            lora = LoRARequest(
+                lora_name=f"{version}-{uuid.uuid4().hex[:8]}",
+                lora_int_id=next(self._ids),
+                lora_path=str(self.store.path(version)),
+            )
+            try:
+                await self.engine.add_lora(lora)
+            except Exception as exc:
+                raise RefusedVersion(
+                    "load_failed", f"version {version}: the engine refused the adapter ({exc})"
+                ) from None
+            policy = ServedPolicy(version, lora)
+            try:
+                await self._warm_up(policy)
+            except Exception as exc:
+                await self._remove(policy)
+                raise RefusedVersion("warmup_failed", f"version {version}: warm-up request failed ({exc})") from None
+        except RefusedVersion as exc:
+            await self._refuse(version, exc)
+            return None
+        info.loaded_at = time.time()
+        self.versions[version] = info
+        self.router.loaded[version] = policy
+        log.info("loaded %s in %.0f ms", version, 1000 * (time.perf_counter() - started))
+        return policy
+
+    async def _warm_up(self, policy: ServedPolicy) -> None:
+        sampling = SamplingParams(max_tokens=1, temperature=0.0)
+        request_id = f"warmup-{policy.version}-{uuid.uuid4().hex[:8]}"
+        async for _ in self.engine.generate(TokensPrompt(prompt_token_ids=[1, 2, 3]), sampling, request_id,
+                                            lora_request=policy.lora):  # fmt: skip
+            pass
+
+    async def _refuse(self, version: str, exc: RefusedVersion) -> None:
+        log.error("refusing policy version %s: %s", version, exc)
+        self.refused[version] = str(exc)
+        self.metrics.refused_versions.labels(exc.reason).inc()
+        if exc.reason in ("load_failed", "warmup_failed"):
+            self.metrics.swap_failures.inc()
+        event = decision_event(
+            Action.ROLLOUT_ACTION_REFUSE, version, state=self.state, reason=str(exc), decided_by=self.replica_id
+        )
+        self.state = fold(self.state, event)  # obeyed here at once; the others fold it from the topic
+        if self.log is None:
+            return
+        try:
+            await asyncio.to_thread(self.log.publish, event)
+        except KafkaError as error:
+            log.warning("could not announce the refusal of %s: %s", version, error)
+
+    def _evict(self) -> None:
+        for policy in self.router.evictable(self.settings.max_loaded_versions):
+            del self.router.loaded[policy.version]
+            asyncio.get_running_loop().create_task(self._remove(policy))
+            log.info("unloaded %s (more than %d versions loaded)", policy.version, self.settings.max_loaded_versions)
+
+    async def _remove(self, policy: ServedPolicy) -> None:
+        if policy.lora is None:
+            return
+        try:
+            await self.engine.remove_lora(policy.lora.lora_int_id)
+        except Exception as exc:
+            log.warning("could not unload %s: %s", policy.version, exc)
+
+    def _export_metrics(self) -> None:
+        m = self.metrics
+        m.versions_loaded.set(len(self.router.loaded))
+        m.canary_fraction.set(self.router.canary_fraction if self.router.canary else 0.0)
+        m.policy_info.clear()
+        for version in self.router.loaded:
+            m.policy_info.labels(version, self.router.role(version)).set(1)
+
+    # -- what operators see
+
+    def status(self) -> dict:
+        router, state = self.router, self.state
+        return {
+            "replica_id": self.replica_id,
+            "stable_version": router.stable.version,
+            "canary_version": router.canary.version if router.canary else "",
+            "canary_fraction": router.canary_fraction,
+            "loaded": [self._describe(v, router.role(v)) for v in router.loaded],
+            "refused": dict(self.refused),
+            "retired": dict(state.retired),
+        }
+
+    def _describe(self, version: str, role: str) -> dict:
+        info = self.versions.get(version, VersionInfo(version))
+        return {
+            "version": version,
+            "state": role,
+            "parent_version": info.parent,
+            "kind": info.kind or ("base" if version == self.settings.policy_version else ""),
+            "metrics": info.metrics,
+            "swap_seconds": info.swap_seconds,
+        }
+
+    def list_versions(self) -> list[dict]:
+        """Every version in the store (and the base), with its state on this replica."""
+        described = [self._describe(self.settings.policy_version, self.router.role(self.settings.policy_version))]
+        for manifest in self.store.versions():
+            v = manifest.version
+            if v in self.router.loaded:
+                role = self.router.role(v)
+            elif v in self.refused:
+                role = "refused"
+            elif v in self.state.retired:
+                role = "retired"
+            else:
+                role = "available"
+            entry = self._describe(v, role)
+            entry.update(parent_version=manifest.parent, kind=manifest.kind, metrics=dict(manifest.metrics))
+            entry["created_at"] = manifest.created_at
+            if v in self.state.retired:
+                entry["note"] = self.state.retired[v]
+            described.append(entry)
+        return described
+
+
+def receiver_store(settings: ServingSettings) -> ModelStore:
+    """The model store as a reader sees it (replicas never write it)."""
+    return ModelStore(Path(settings.store_dir), readonly=True)

@@ -1,0 +1,238 @@
+"""Hot-swap through the real parts: tiny-model vLLM, the broker, real LoRA versions in a model store.
+
+Versions are published as the trainer publishes them (store, then PolicyPublished on Kafka); the
+server must pick each one up under streaming load with no failed or truncated request, serve
+exactly what that version produces, refuse broken versions, and come back on the same versions
+after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from openai import AsyncOpenAI
+
+from flywheel.broker import Broker
+from flywheel.store import ModelStore
+from tests.conftest import (
+    ADMIN_KEY,
+    RunningServer,
+    free_port,
+    serving_env,
+    start_process,
+    stop_process,
+    wait_ready,
+)
+from tests.serving.versions import announce, make_lora_version
+
+pytestmark = pytest.mark.slow
+PROMPT = [{"role": "user", "content": "Name three colours."}]
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def start_serving(tiny_model: Path, tmp: Path, bootstrap: str, env: dict[str, str] | None = None) -> RunningServer:
+    port = free_port()
+    env = env or serving_env(tmp, bootstrap, FLYWHEEL_REPLICA_ID="replica-1", FLYWHEEL_CANARY_FRACTION="0.5")
+    log_path = tmp / f"serving-{port}.log"
+    args = [sys.executable, "-m", "flywheel.cli", "serve", "--model", str(tiny_model), "--port", str(port)]
+    process = start_process(args, env, log_path)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, process, log_path)
+    return RunningServer(url=url, process=process, log_path=log_path, env=env)
+
+
+@pytest.fixture(scope="module")
+def swap_broker() -> Broker:
+    broker = Broker(port=free_port()).start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="module")
+def swap_server(tiny_model: Path, swap_broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> RunningServer:
+    server = start_serving(tiny_model, tmp_path_factory.mktemp("swap"), swap_broker.bootstrap)
+    yield server
+    stop_process(server.process)
+
+
+def store_of(server: RunningServer) -> ModelStore:
+    return ModelStore(Path(server.env["FLYWHEEL_DATA_DIR"]) / "store")
+
+
+def policy(server: RunningServer) -> dict:
+    return httpx.get(f"{server.url}/v1/policy", timeout=10).json()
+
+
+def wait_policy(server: RunningServer, check, what: str, timeout_s: float = 60) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = policy(server)
+        if check(status):
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not seen within {timeout_s} s; status {policy(server)}\n{server.log_tail()}")
+
+
+def greedy(server: RunningServer, version: str) -> str:
+    body = {"messages": PROMPT, "max_tokens": 12, "temperature": 0, "policy_version": version, "ignore_eos": True}
+    response = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.json()["policy_version"] == version
+    return response.json()["choices"][0]["message"]["content"]
+
+
+async def stream_forever(url: str, key: str, stop: asyncio.Event, results: list[dict]) -> None:
+    """One user streaming chats back to back; each response's versions, end and errors are recorded."""
+    client = AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60)
+    while not stop.is_set():
+        record = {"versions": set(), "finish": None, "error": None, "text": ""}
+        try:
+            stream = await client.chat.completions.create(
+                model="flywheel", messages=PROMPT, max_tokens=24, temperature=0.8, stream=True
+            )
+            async for chunk in stream:
+                record["versions"].add(chunk.model_extra.get("policy_version"))
+                for choice in chunk.choices:
+                    record["text"] += choice.delta.content or ""
+                    record["finish"] = choice.finish_reason or record["finish"]
+        except Exception as exc:
+            record["error"] = repr(exc)
+        results.append(record)
+    await client.close()
+
+
+def test_ten_versions_swap_in_under_streaming_load_with_no_failed_request(swap_server, swap_broker, tiny_model):
+    store = store_of(swap_server)
+    manifests = [make_lora_version(tiny_model, store, f"v{i:02d}", seed=i) for i in range(1, 11)]
+    under_load: dict[str, str] = {}
+    results: list[dict] = []
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        clients = [
+            asyncio.create_task(stream_forever(swap_server.url, f"user-{i}-{uuid.uuid4().hex[:6]}", stop, results))
+            for i in range(8)
+        ]
+        try:
+            await asyncio.sleep(2)
+            for manifest in manifests:
+                await asyncio.to_thread(announce, swap_broker.bootstrap, store, manifest)
+                await asyncio.to_thread(
+                    wait_policy, swap_server, lambda s, v=manifest.version: s["canary_version"] == v,
+                    f"{manifest.version} as canary",
+                )  # fmt: skip
+                under_load[manifest.version] = await asyncio.to_thread(greedy, swap_server, manifest.version)
+            await asyncio.sleep(1)
+        finally:
+            stop.set()
+            await asyncio.gather(*clients)
+
+    asyncio.run(run())
+
+    failed = [r for r in results if r["error"] or r["finish"] not in ("stop", "length")]
+    assert not failed, failed[:3]
+    assert len(results) >= 40, f"only {len(results)} requests ran during the swaps"
+    # Each response came from one version from start to end, and users reached the canaries too.
+    assert all(len(r["versions"]) == 1 for r in results)
+    served = set().union(*(r["versions"] for r in results))
+    assert len(served & set(under_load)) >= 3, served
+
+    # Greedy answers under load equal that version's answer when the server is idle, and the
+    # versions really differ (a swap that kept the old weights would fail here).
+    status = policy(swap_server)
+    assert len(status["loaded"]) <= 5  # base + at most max_loaded_versions adapters
+    for version, answer in under_load.items():
+        if version not in {entry["version"] for entry in policy(swap_server)["loaded"]}:
+            loaded = httpx.post(
+                f"{swap_server.url}/v1/policy/load", json={"version": version}, headers=ADMIN, timeout=60
+            )
+            assert loaded.status_code == 200, loaded.text
+        assert greedy(swap_server, version) == answer, version
+    assert len(set(under_load.values()) | {greedy(swap_server, "base")}) >= 8
+
+    metrics = httpx.get(f"{swap_server.url}/metrics", timeout=10).text
+    swaps = re.search(r"^flywheel_serving_policy_swap_seconds_count (\S+)", metrics, re.M)
+    assert swaps and float(swaps.group(1)) >= 10
+
+
+def _corrupt(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_corrupted_and_truncated_versions_are_refused_and_the_old_ones_keep_serving(
+    swap_server, swap_broker, tiny_model
+):
+    store = store_of(swap_server)
+    good = make_lora_version(tiny_model, store, "good-1", seed=101)
+    announce(swap_broker.bootstrap, store, good)
+    wait_policy(swap_server, lambda s: s["canary_version"] == "good-1", "good-1 as canary")
+
+    corrupted = make_lora_version(tiny_model, store, "corrupted-1", seed=102)
+    _corrupt(store.path("corrupted-1") / "adapter_model.safetensors")
+    announce(swap_broker.bootstrap, store, corrupted)
+
+    def write_truncated(tmp: Path) -> None:  # the manifest matches, the weights file is cut short
+        source = store.path("good-1")
+        (tmp / "adapter_config.json").write_bytes((source / "adapter_config.json").read_bytes())
+        weights = (source / "adapter_model.safetensors").read_bytes()
+        (tmp / "adapter_model.safetensors").write_bytes(weights[: len(weights) // 2])
+
+    truncated = store.publish("truncated-1", write_truncated, parent="base", base_model=str(tiny_model), kind="lora")
+    announce(swap_broker.bootstrap, store, truncated)
+
+    status = wait_policy(swap_server, lambda s: {"corrupted-1", "truncated-1"} <= set(s["refused"]), "both refusals")
+    assert "does not match its manifest" in status["refused"]["corrupted-1"]
+    assert "weights unreadable" in status["refused"]["truncated-1"]
+    assert status["canary_version"] == "good-1"
+    assert {"corrupted-1", "truncated-1"}.isdisjoint(entry["version"] for entry in status["loaded"])
+    assert greedy(swap_server, "good-1")
+    pinned = httpx.post(f"{swap_server.url}/v1/chat/completions", timeout=30,
+                        json={"messages": PROMPT, "max_tokens": 4, "policy_version": "corrupted-1"})  # fmt: skip
+    assert pinned.status_code == 404
+    metrics = httpx.get(f"{swap_server.url}/metrics", timeout=10).text
+    assert 'flywheel_serving_policy_refused_total{reason="checksum"} 1.0' in metrics
+    assert 'flywheel_serving_policy_refused_total{reason="weights"} 1.0' in metrics
+
+
+@pytest.mark.disruptive
+def test_a_replica_restarted_mid_rollout_comes_back_on_the_same_versions(tiny_model, tmp_path):
+    broker = Broker(port=free_port()).start()  # its own: this replica refuses the other tests' versions
+    server = start_serving(tiny_model, tmp_path, broker.bootstrap)
+    try:
+        store = store_of(server)
+        first, second = (make_lora_version(tiny_model, store, f"r-{i}", seed=200 + i) for i in (1, 2))
+        announce(broker.bootstrap, store, first)
+        wait_policy(server, lambda s: s["canary_version"] == "r-1", "r-1 as canary")
+        promoted = httpx.post(f"{server.url}/v1/policy/promote", json={"reason": "test"}, headers=ADMIN, timeout=30)
+        assert promoted.status_code == 200, promoted.text
+        announce(broker.bootstrap, store, second)
+        wait_policy(server, lambda s: s["canary_version"] == "r-2", "r-2 as canary")
+        fraction = httpx.post(f"{server.url}/v1/policy/canary", json={"fraction": 0.3}, headers=ADMIN, timeout=30)
+        assert fraction.status_code == 200, fraction.text
+        before = policy(server)
+        assert (before["stable_version"], before["canary_version"], before["canary_fraction"]) == ("r-1", "r-2", 0.3)
+        answers = {v: greedy(server, v) for v in ("r-1", "r-2")}
+    except BaseException:
+        broker.stop()
+        raise
+    finally:
+        stop_process(server.process)  # SIGTERM, then SIGKILL of the whole group
+    try:
+        restarted = start_serving(tiny_model, tmp_path, broker.bootstrap, env=server.env)
+        try:
+            after = policy(restarted)
+            assert (after["stable_version"], after["canary_version"], after["canary_fraction"]) == ("r-1", "r-2", 0.3)
+            assert {v: greedy(restarted, v) for v in answers} == answers
+        finally:
+            stop_process(restarted.process)
+    finally:
+        broker.stop()
