@@ -40,6 +40,10 @@ class CommonSettings(BaseSettings):
         description="Comma-separated 'key:user_id' pairs; a Bearer key maps to its user id.",
     )
     allow_anonymous: bool = Field(True, description="Serve requests without a known API key under an anonymous id.")
+    admin_key: str = Field(PLACEHOLDER_SECRET, description="Bearer key for admin routes and the control plane.")
+    canary_fraction: float = Field(
+        0.5, ge=0.0, le=1.0, description="Share of users a new version reaches as canary (until a decision sets it)."
+    )
 
     @model_validator(mode="after")
     def _check_placeholder_secrets(self) -> CommonSettings:
@@ -47,6 +51,10 @@ class CommonSettings(BaseSettings):
             raise PlaceholderSecretError(
                 "FLYWHEEL_FEEDBACK_TOKEN_SECRET still holds the placeholder; set a real secret "
                 "(it is only allowed with FLYWHEEL_ENV=local)"
+            )
+        if self.env != "local" and self.admin_key == PLACEHOLDER_SECRET:
+            raise PlaceholderSecretError(
+                "FLYWHEEL_ADMIN_KEY still holds the placeholder; set a real key (only FLYWHEEL_ENV=local allows it)"
             )
         return self
 
@@ -100,6 +108,13 @@ class ServingSettings(CommonSettings):
     max_num_seqs: int = 32
     policy_version: str = Field("base", description="Version name of the base policy.")
     event_buffer_size: int = Field(10_000, description="Completion events held while Kafka is down.")
+    grpc_port: int = Field(50052, description="PolicyService (roll-out control plane) gRPC port.")
+    replica_id: str = Field("", description="This replica's name in roll-out events; empty: host name and port.")
+    max_loaded_versions: int = Field(4, description="Policy adapters kept loaded (stable and canary included).")
+    follow_policies: bool = Field(True, description="Follow flywheel.policy.v1 and hot-swap published versions.")
+    feedback_public_url: str = Field(
+        "http://127.0.0.1:8001", description="The feedback service's URL as the chat page's browser reaches it."
+    )
 
 
 class FeedbackSettings(CommonSettings):
@@ -108,7 +123,6 @@ class FeedbackSettings(CommonSettings):
     host: str = "127.0.0.1"
     port: int = 8001
     grpc_port: int = 50051
-    admin_key: str = Field(PLACEHOLDER_SECRET, description="Bearer key for the admin (import) routes.")
     max_body_bytes: int = Field(65_536, description="Largest feedback request body.")
     max_import_body_bytes: int = Field(50_000_000, description="Largest preference-import body.")
     comment_max_chars: int = Field(2_000, description="Longest comment accepted.")
@@ -120,14 +134,10 @@ class FeedbackSettings(CommonSettings):
     outbox_retention_hours: float = Field(24.0, description="How long published events (and keys) are kept.")
     relay_batch: int = Field(500, description="Events per Kafka batch.")
     max_bulk_events: int = Field(100_000, description="Most events one gRPC BulkSubmit stream may carry.")
-
-    @model_validator(mode="after")
-    def _check_admin_key(self) -> FeedbackSettings:
-        if self.env != "local" and self.admin_key == PLACEHOLDER_SECRET:
-            raise PlaceholderSecretError(
-                "FLYWHEEL_ADMIN_KEY still holds the placeholder; set a real key (only FLYWHEEL_ENV=local allows it)"
-            )
-        return self
+    cors_origins: str = Field(
+        "http://127.0.0.1:8000,http://localhost:8000",
+        description="Comma-separated browser origins (the chat page's) allowed to call the REST API.",
+    )
 
     @property
     def outbox_path(self) -> Path:
@@ -138,6 +148,9 @@ class FeedbackSettings(CommonSettings):
 
     def flag_names(self) -> set[str]:
         return {name.strip() for name in self.flags.split(",") if name.strip()}
+
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip().rstrip("/") for origin in self.cors_origins.split(",") if origin.strip()]
 
 
 class RoundTriggerSection(BaseModel):

@@ -18,9 +18,11 @@ from flywheel.settings import TOPIC_COMPLETIONS, ServingSettings
 from flywheel.tokens import FeedbackToken
 from serving.api import chat as chat_api
 from serving.api import health as health_api
+from serving.api import policy as policy_api
 from serving.chat import ChatService
 from serving.metrics import ServingMetrics
 from serving.policy import PolicyRouter, ServedPolicy
+from serving.rollout import PolicyReceiver, receiver_store
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,14 @@ def build_app(
         events.start()
         router = PolicyRouter(stable=ServedPolicy(settings.policy_version))
         metrics.policy_info.labels(settings.policy_version, "stable").set(1)
+        receiver = PolicyReceiver(engine, router, receiver_store(settings), settings, metrics)
+        await receiver.start(follow=settings.follow_policies)
+        grpc_server = None
+        if settings.grpc_port:
+            from serving.grpc_server import start_policy_server
+
+            grpc_server = await start_policy_server(receiver, settings.host, settings.grpc_port, settings.admin_key)
+        app.state.receiver = receiver
         app.state.engine = engine
         app.state.model_path = model_path
         app.state.policy_router = router
@@ -74,6 +84,10 @@ def build_app(
             yield
         finally:
             app.state.chat = None
+            app.state.receiver = None
+            if grpc_server is not None:
+                await grpc_server.stop(grace=2)
+            await receiver.stop()
             await asyncio.to_thread(events.close)
             engine.shutdown()
 
@@ -84,8 +98,10 @@ def build_app(
     app.state.started_at = int(time.time())
     app.state.engine = None
     app.state.chat = None
+    app.state.receiver = None
     app.include_router(chat_api.router)
     app.include_router(health_api.router)
+    app.include_router(policy_api.router)
     register_error_handlers(app)
     app.add_middleware(
         RequestGuard,
