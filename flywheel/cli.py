@@ -230,6 +230,19 @@ def cmd_up(args: argparse.Namespace) -> int:
     return Supervisor(children, data_dir / "logs").run(on_ready=announce)
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from flywheel.simulate.command import simulate
+    from flywheel.simulate.runner import SimulationConfig, parse_duration
+
+    config = SimulationConfig(
+        serving_url=args.serving_url, feedback_url=args.feedback_url, users=args.users or len(args.api_key) or 16,
+        turns=args.turns, duration_s=parse_duration(args.duration) if args.duration else None,
+        concurrency=args.concurrency, noise=args.noise, compare_share=args.compare_share, seed=args.seed,
+        api_keys=tuple(args.api_key), max_tokens=args.max_tokens,
+    )  # fmt: skip
+    return simulate(config, args.preference, args.out, args.prompts, args.window)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flywheel", description="A chat service that learns from its users.")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -298,6 +311,25 @@ def build_parser() -> argparse.ArgumentParser:
     rm_eval.add_argument("--model", help="base policy the reward model was trained on")
     rm_eval.add_argument("--data-dir", dest="data_dir", type=Path)
     rm_eval.set_defaults(func=cmd_rm_eval)
+
+    sim = verbs.add_parser("simulate", help="simulated users with a hidden preference chat and give feedback")
+    sim.add_argument("--preference", default="concise", help="concise[:WORDS], question, avoid-word:WORD, polite, "
+                     "or your own (prompt, answer) -> [0, 1] as module.path:function or file.py:function")  # fmt: skip
+    sim.add_argument("--users", type=int, help="simulated users (default 16, or one per --api-key)")
+    sim.add_argument("--turns", type=int, help="turns in all (default 50 when no --duration is given)")
+    sim.add_argument("--duration", help="run for this long: seconds, or 15m, 1h")
+    sim.add_argument("--concurrency", type=int, default=4, help="turns in flight at once")
+    sim.add_argument("--noise", type=float, default=0.1, help="chance a user says the opposite of their preference")
+    sim.add_argument("--compare-share", type=float, default=0.25, help="share of turns that compare two answers")
+    sim.add_argument("--prompts", type=Path, help="prompts file, one per line (default: the built-in list)")
+    sim.add_argument("--serving-url", default="http://127.0.0.1:8000")
+    sim.add_argument("--feedback-url", default="http://127.0.0.1:8001")
+    sim.add_argument("--api-key", action="append", default=[], help="a user's API key; repeat, one per user")
+    sim.add_argument("--max-tokens", type=int, help="max_tokens of each chat request (default: serving's)")
+    sim.add_argument("--window", type=float, help="report window in seconds (default: about 12 over the run)")
+    sim.add_argument("--out", type=Path, default=Path(".flywheel/simulation"), help="where the report goes")
+    sim.add_argument("--seed", type=int, default=0, help="seeds prompts, comparison turns and noise")
+    sim.set_defaults(func=cmd_simulate)
 
     prepare = verbs.add_parser("prepare-model", help="convert the default model from its GGUF (once)")
     prepare.add_argument("--data-dir", dest="data_dir", type=Path)

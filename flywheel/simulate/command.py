@@ -1,0 +1,56 @@
+"""The `flywheel simulate` command: check the services, run with a live progress line, report."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from flywheel.simulate.preferences import load_preference
+from flywheel.simulate.report import build_report, load_prompts, progress_line, summary_text, write_outputs
+from flywheel.simulate.runner import Simulation, SimulationConfig, check_services
+
+
+def simulate(
+    config: SimulationConfig,
+    preference_spec: str,
+    out_dir: Path,
+    prompts_path: Path | None = None,
+    window_s: float | None = None,
+) -> int:
+    """Run a simulation against the running stack; writes report.json and satisfaction.png.
+
+    Returns the exit status: 0 when feedback was accepted, 1 when none was (or the keys were
+    refused), 130 when interrupted (the report of what was done is still written).
+    """
+    for name in ("httpx", "httpx2", "openai"):  # the live line stands for their per-request logs
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    preference = load_preference(preference_spec)
+    prompts = load_prompts(prompts_path)
+    try:
+        model = check_services(config)
+    except KeyboardInterrupt:
+        return 130
+    simulation = Simulation(config, preference, prompts, model)
+    status = Console(stderr=True)
+    interrupted = False
+    with Live(get_renderable=lambda: Text(progress_line(simulation)), console=status, refresh_per_second=2,
+              transient=False):  # fmt: skip
+        try:
+            asyncio.run(simulation.run())
+        except KeyboardInterrupt:
+            interrupted = True
+    report = build_report(simulation, window_s, interrupted)
+    json_path, png_path = write_outputs(report, out_dir, simulation.tally)
+    print(summary_text(report, json_path, png_path))  # noqa: T201 - the command's own output
+    if simulation.fatal:
+        print(f"flywheel: {simulation.fatal}", file=sys.stderr)  # noqa: T201
+        return 1
+    if interrupted:
+        return 130
+    return 0 if report["overall"]["events_accepted"] else 1
