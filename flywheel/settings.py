@@ -202,6 +202,17 @@ class GateSection(BaseModel):
     length_band: float = Field(2.0, description="Mean answer length must stay within [1/x, x] of the reference's.")
 
 
+class RolloutSection(BaseModel):
+    """The roll-out controller: promote or roll back the canary on live thumbs (Beta-Binomial rule)."""
+
+    enabled: bool = Field(True, description="Decide automatically (operators can always decide by hand).")
+    check_interval_s: float = Field(5.0, description="How often the thumbs are counted.")
+    min_samples: int = Field(20, description="Thumbs each of canary and stable needs before any decision.")
+    promote_probability: float = Field(0.95, description="Promote once P(canary's up-rate > stable's) reaches this.")
+    rollback_probability: float = Field(0.05, description="Roll back once that probability falls to this.")
+    max_samples: int = Field(400, description="Thumbs per side after which an undecided canary is rolled back.")
+
+
 class TrainerSettings(CommonSettings):
     """The trainer: ingestion, rounds, reward model, PPO, gates and publication."""
 
@@ -218,6 +229,7 @@ class TrainerSettings(CommonSettings):
     reward: RewardSection = RewardSection()
     ppo: PPOSection = PPOSection()
     gates: GateSection = GateSection()
+    rollout: RolloutSection = RolloutSection()
 
     @property
     def dataset_path(self) -> Path:

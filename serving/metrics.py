@@ -88,9 +88,3 @@ class ServingMetrics:
             ["outcome", "source"],
             registry=r,
         )
-        self.thumbs = Counter(
-            "flywheel_serving_rollout_thumbs",
-            "Thumbs seen by the roll-out controller, by policy version and direction (up, down).",
-            ["policy_version", "direction"],
-            registry=r,
-        )

@@ -320,6 +320,15 @@ class DatasetStore:
         rows = self._query("SELECT topic, partition, next_offset, last_digest FROM positions")
         return {(topic, partition): (offset, digest) for topic, partition, offset, digest in rows}
 
+    def thumbs(self, policy_version: str, since: float) -> tuple[int, int]:
+        """(up, down) ratings of `policy_version`'s answers given since `since` (each user's latest)."""
+        rows = self._query(
+            "SELECT COALESCE(SUM(rating > 0), 0), COALESCE(SUM(rating < 0), 0) FROM ratings"
+            " WHERE policy_version = ? AND created_at >= ?",
+            (policy_version, since),
+        )
+        return int(rows[0][0]), int(rows[0][1])
+
     def get_state(self, key: str, default: str = "") -> str:
         rows = self._query("SELECT value FROM state WHERE key = ?", (key,))
         return rows[0][0] if rows else default

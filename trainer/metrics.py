@@ -55,6 +55,18 @@ class TrainerMetrics:
         )  # fmt: skip
         self.published = Info("flywheel_trainer_published", "The newest version the trainer published.", registry=r)
         self.published_total = Counter("flywheel_trainer_versions_published", "Versions published.", registry=r)
+        self.rollout_decisions = Counter(
+            "flywheel_trainer_rollout_decisions", "Roll-out decisions seen on the policy topic, by action.",
+            ["action"], registry=r,
+        )  # fmt: skip
+        self.rollout_probability = Gauge(
+            "flywheel_trainer_rollout_canary_better_probability",
+            "P(canary's thumbs-up rate > stable's) in the current roll-out window.", registry=r,
+        )  # fmt: skip
+        self.rollout_thumbs = Gauge(
+            "flywheel_trainer_rollout_thumbs", "Thumbs in the current roll-out window, by side and direction.",
+            ["side", "direction"], registry=r,
+        )  # fmt: skip
         self.feedback_to_policy = Histogram(
             "flywheel_trainer_feedback_to_policy_seconds",
             "From the oldest feedback a version is the first to train on to that version's publication.",

@@ -81,11 +81,20 @@ def _step_logger(what: str) -> Callable[[int, int, dict], None]:
 
 
 def current_policy(ctx: RoundContext) -> tuple[str, Path | None]:
-    """The version PPO continues from (the newest published) and its adapter; base when none."""
-    latest = ctx.policies.latest()
-    if latest is None:
+    """The version PPO continues from and its adapter; base when none.
+
+    That is the canary, else the stable version, as the roll-out recorded them (a rolled-back
+    version is never built on); the newest published version when no roll-out was recorded yet.
+    """
+    from trainer.rollout import trained_parent
+
+    parent = trained_parent(ctx.policies)
+    if parent is None:
+        latest = ctx.policies.latest()
+        parent = latest.version if latest is not None else ctx.settings.base_version
+    if parent == ctx.settings.base_version or not (ctx.policies.path(parent) / "manifest.json").is_file():
         return ctx.settings.base_version, None
-    return latest.version, ctx.policies.path(latest.version)
+    return parent, ctx.policies.path(parent)
 
 
 def available_pairs(ctx: RoundContext, parent_version: str) -> PairSet:

@@ -22,6 +22,7 @@ from trainer.dataset import DatasetStore
 from trainer.ingest import Ingestor
 from trainer.metrics import TrainerMetrics
 from trainer.records import RoundRecord
+from trainer.rollout import RolloutController
 from trainer.round import (
     RoundContext,
     RoundResult,
@@ -47,6 +48,9 @@ class TrainerStatus:
     recent_rounds: list[RoundRecord] = field(default_factory=list)
     feedback_waiting: int = 0
     reward_model: str = ""
+    stable_version: str = ""
+    canary_version: str = ""
+    rollout_verdict: str = ""
 
 
 class PolicyAnnouncer:
@@ -110,10 +114,12 @@ class TrainerService:
         self._last_round_at = time.monotonic()
         self._threads: list[threading.Thread] = []
         self.ingestor: Ingestor | None = None
+        self.controller = RolloutController(settings, self.dataset, self.context.policies, self.metrics)
 
     # -- lifecycle
 
     def start(self) -> None:
+        self.controller.start()
         for name, target in (("ingest", self._ingest_loop), ("rounds", self._round_loop)):
             thread = threading.Thread(target=target, name=f"trainer-{name}", daemon=True)
             thread.start()
@@ -124,6 +130,7 @@ class TrainerService:
         self._wake.set()
         for thread in self._threads:
             thread.join(timeout=5 if thread.name == "trainer-ingest" else 0.1)
+        self.controller.stop()
         self.announcer.close()
 
     # -- operator controls
@@ -162,6 +169,9 @@ class TrainerService:
             recent_rounds=self.dataset.rounds(10),
             feedback_waiting=self.dataset.waiting_feedback(),
             reward_model=self.dataset.get_state("reward_model"),
+            stable_version=self.controller.state.stable,
+            canary_version=self.controller.state.canary,
+            rollout_verdict=self.controller.last_verdict.reason if self.controller.last_verdict else "",
         )
 
     # -- the two loops
