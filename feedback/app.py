@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from feedback.api import routes
@@ -118,5 +119,14 @@ def build_app(settings: FeedbackSettings, start_grpc: bool = True) -> FastAPI:
         requests=metrics.requests,
         latency=metrics.latency,
         in_flight=metrics.in_flight,
+    )
+    # Outermost, so that errors (413 included) carry the CORS headers the chat page needs to read them.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origin_list(),
+        allow_methods=["GET", "POST"],
+        allow_headers=["Authorization", "Content-Type"],
+        expose_headers=["Retry-After"],
+        max_age=600,
     )
     return app

@@ -183,7 +183,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     serving_url = f"http://127.0.0.1:{args.serving_port}"
     feedback_url = f"http://127.0.0.1:{args.feedback_port}"
     trainer_url = f"http://127.0.0.1:{args.trainer_port}"
-    env = {"FLYWHEEL_DATA_DIR": str(data_dir), "FLYWHEEL_KAFKA_BOOTSTRAP": kafka}
+    env = {
+        "FLYWHEEL_DATA_DIR": str(data_dir),
+        "FLYWHEEL_KAFKA_BOOTSTRAP": kafka,
+        # The chat page (served by serving) calls feedback from the browser: each must know the other.
+        "FLYWHEEL_FEEDBACK_PUBLIC_URL": feedback_url,
+        "FLYWHEEL_CORS_ORIGINS": f"{serving_url},http://localhost:{args.serving_port}",
+    }
     children = [
         Child(
             "broker",
@@ -219,7 +225,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     def announce() -> None:
         print(  # noqa: T201
-            f"\nFlywheel is up.\n  chat API:      {serving_url}/v1/chat/completions\n"
+            f"\nFlywheel is up.\n  chat page:     {serving_url}/\n"
+            f"  chat API:      {serving_url}/v1/chat/completions\n"
             f"  feedback API:  {feedback_url}/v1/feedback, /v1/comparisons (gRPC 127.0.0.1:{args.feedback_grpc_port})\n"
             f"  trainer:       {trainer_url}/status (flywheel status; gRPC 127.0.0.1:{args.trainer_grpc_port})\n"
             f"  metrics:       {serving_url}/metrics, {feedback_url}/metrics, {trainer_url}/metrics\n"

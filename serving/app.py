@@ -18,6 +18,7 @@ from flywheel.settings import TOPIC_COMPLETIONS, ServingSettings
 from flywheel.tokens import FeedbackToken
 from serving.api import chat as chat_api
 from serving.api import health as health_api
+from serving.api import pages as pages_api
 from serving.api import policy as policy_api
 from serving.chat import ChatService
 from serving.metrics import ServingMetrics
@@ -101,6 +102,7 @@ def build_app(
     app.state.receiver = None
     app.include_router(chat_api.router)
     app.include_router(health_api.router)
+    app.include_router(pages_api.router)
     app.include_router(policy_api.router)
     register_error_handlers(app)
     app.add_middleware(
