@@ -38,7 +38,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from flywheel.settings import ServingSettings
     from serving.app import build_app
 
-    settings = ServingSettings(**_overrides(args, ["model", "host", "port", "data_dir", "kafka_bootstrap"]))
+    settings = ServingSettings(
+        **_overrides(args, ["model", "host", "port", "grpc_port", "data_dir", "kafka_bootstrap"])
+    )
     app = build_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=10)
     return 0
@@ -135,8 +137,53 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
         except grpc.RpcError as exc:
             raise RuntimeError(f"the trainer at {args.trainer} did not answer: {exc.details()}") from None
-    print(json.dumps(MessageToDict(status, always_print_fields_with_no_presence=True), indent=2))  # noqa: T201
+    shown = MessageToDict(status, always_print_fields_with_no_presence=True)
+    try:
+        shown["policy"] = _policy_call(args, "GetStatus")
+    except RuntimeError as exc:
+        shown["policy"] = {"error": str(exc)}
+    print(json.dumps(shown, indent=2))  # noqa: T201
     return 0
+
+
+def _policy_call(args: argparse.Namespace, method: str, request=None) -> dict:
+    """Call serving's PolicyService with the admin key; the answer as a dict (RuntimeError if it fails)."""
+    import grpc
+    from google.protobuf.json_format import MessageToDict
+
+    from flywheel.settings import CommonSettings
+    from flywheel.v1 import policy_pb2, policy_pb2_grpc
+
+    key = args.admin_key or CommonSettings().admin_key
+    request = request or getattr(policy_pb2, f"{method}Request")()
+    with grpc.insecure_channel(args.serving) as channel:
+        try:
+            response = getattr(policy_pb2_grpc.PolicyServiceStub(channel), method)(
+                request, timeout=120, metadata=[("authorization", f"Bearer {key}")]
+            )
+        except grpc.RpcError as exc:
+            raise RuntimeError(f"serving's PolicyService at {args.serving}: {exc.details()}") from None
+    return MessageToDict(response, always_print_fields_with_no_presence=True)
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    """versions | promote | rollback | canary: the roll-out control plane on serving."""
+    import json
+
+    from flywheel.v1 import policy_pb2
+
+    if args.verb == "versions":
+        shown = _policy_call(args, "ListVersions")
+    elif args.verb == "promote":
+        shown = _policy_call(args, "Promote", policy_pb2.PromoteRequest(version=args.version or "", reason=args.reason))
+    elif args.verb == "rollback":
+        shown = _policy_call(args, "Rollback", policy_pb2.RollbackRequest(reason=args.reason))
+    else:
+        if not 0.0 <= args.fraction <= 1.0:
+            raise ValueError(f"the canary fraction must be between 0 and 1, not {args.fraction}")
+        shown = _policy_call(args, "SetCanaryFraction", policy_pb2.SetCanaryFractionRequest(fraction=args.fraction))
+    print(json.dumps(shown, indent=2))  # noqa: T201
+    return 0 if shown.get("ok", True) else 1
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -200,7 +247,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         ),
         Child(
             "serving",
-            python_cli("serve", "--model", model, "--port", str(args.serving_port)),
+            python_cli(
+                "serve", "--model", model, "--port", str(args.serving_port), "--grpc-port", str(args.serving_grpc_port)
+            ),
             http_ready(f"{serving_url}/readyz"),
             serving_url,
             env,
@@ -229,6 +278,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"  chat API:      {serving_url}/v1/chat/completions\n"
             f"  feedback API:  {feedback_url}/v1/feedback, /v1/comparisons (gRPC 127.0.0.1:{args.feedback_grpc_port})\n"
             f"  trainer:       {trainer_url}/status (flywheel status; gRPC 127.0.0.1:{args.trainer_grpc_port})\n"
+            f"  roll-out:      {serving_url}/v1/policy (flywheel versions | promote | rollback | canary;"
+            f" gRPC 127.0.0.1:{args.serving_grpc_port})\n"
             f"  metrics:       {serving_url}/metrics, {feedback_url}/metrics, {trainer_url}/metrics\n"
             f"  Kafka:         {kafka}\n"
             f"  logs:          {data_dir / 'logs'}\nCtrl-C stops everything."
@@ -259,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", help="model directory or id (default: the converted SmolLM2-135M-Instruct)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--grpc-port", dest="grpc_port", type=int, help="PolicyService (roll-out control) port")
     serve.add_argument("--data-dir", dest="data_dir", type=Path)
     serve.add_argument("--kafka-bootstrap", dest="kafka_bootstrap")
     serve.set_defaults(func=cmd_serve)
@@ -280,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", dest="data_dir", type=Path)
     up.add_argument("--serving-port", type=int, default=8000)
     up.add_argument("--broker-port", type=int, default=9092)
+    up.add_argument("--serving-grpc-port", type=int, default=50052, help="PolicyService (roll-out control)")
     up.add_argument("--feedback-port", type=int, default=8001)
     up.add_argument("--feedback-grpc-port", type=int, default=50051)
     up.add_argument("--trainer-port", type=int, default=9300)
@@ -299,7 +352,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = verbs.add_parser("status", help="the trainer's status (ingestion, pairs, rounds, versions) as JSON")
     status.add_argument("--trainer", default="127.0.0.1:50053", help="trainer gRPC address")
+    status.add_argument("--serving", default="127.0.0.1:50052", help="serving's PolicyService address")
+    status.add_argument("--admin-key", help="admin key (default: FLYWHEEL_ADMIN_KEY)")
     status.set_defaults(func=cmd_status)
+
+    policy_help = {
+        "versions": "the policy versions in the store and their state on serving, as JSON",
+        "promote": "make the canary (or VERSION) the stable version",
+        "rollback": "retire the canary; the stable version serves everyone",
+        "canary": "set the share of users the canary reaches (0..1)",
+    }
+    for verb, text in policy_help.items():
+        command = verbs.add_parser(verb, help=text)
+        if verb == "promote":
+            command.add_argument("version", nargs="?", help="version to promote (default: the canary)")
+        if verb == "canary":
+            command.add_argument("fraction", type=float, help="share of users, 0..1")
+        if verb in ("promote", "rollback"):
+            command.add_argument("--reason", default="", help="recorded in the RolloutDecision")
+        command.add_argument("--serving", default="127.0.0.1:50052", help="serving's PolicyService address")
+        command.add_argument("--admin-key", help="admin key (default: FLYWHEEL_ADMIN_KEY)")
+        command.set_defaults(func=cmd_policy, verb=verb)
 
     imp = verbs.add_parser("import", help="import preference pairs (JSONL, HH format) through the feedback service")
     imp.add_argument("file", type=Path)

@@ -84,7 +84,8 @@ class ServingMetrics:
         )
         self.rollout_decisions = Counter(
             "flywheel_serving_rollout_decisions",
-            "Roll-out decisions applied, by outcome (promoted, rolled_back) and source (auto, operator).",
+            "Roll-out decisions folded in, by action (promote, rollback, refuse, canary, set_canary_fraction) and"
+            " who decided (controller, operator or a replica id).",
             ["outcome", "source"],
             registry=r,
         )

@@ -148,6 +148,8 @@ class PolicyReceiver:
                 log.info("version %s published (parent %s)", event.published.version, event.published.parent_version)
             else:
                 d = event.decision
+                action = Action.Name(d.action).removeprefix("ROLLOUT_ACTION_").lower()
+                self.metrics.rollout_decisions.labels(action, d.decided_by or "unknown").inc()
                 log.info(
                     "roll-out decision %s %s by %s: %s",
                     Action.Name(d.action), d.version or "-", d.decided_by or "?", d.reason or "-",

@@ -9,7 +9,9 @@ after a restart.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import subprocess
 import sys
 import time
 import uuid
@@ -236,3 +238,30 @@ def test_a_replica_restarted_mid_rollout_comes_back_on_the_same_versions(tiny_mo
             stop_process(restarted.process)
     finally:
         broker.stop()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flywheel.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_the_cli_drives_the_rollout_through_policy_service(swap_server):
+    target = ("--serving", f"127.0.0.1:{swap_server.env['FLYWHEEL_GRPC_PORT']}", "--admin-key", ADMIN_KEY)
+    listed = run_cli("versions", *target)
+    assert listed.returncode == 0, listed.stderr
+    states = {entry["version"]: entry["state"] for entry in json.loads(listed.stdout)["versions"]}
+    assert states["base"] == "stable" and "canary" in states.values()
+
+    changed = run_cli("canary", "0.25", *target)
+    assert changed.returncode == 0, changed.stderr
+    assert json.loads(changed.stdout)["status"]["canaryFraction"] == 0.25
+    assert policy(swap_server)["canary_fraction"] == 0.25
+
+    bad_fraction = run_cli("canary", "1.5", *target)
+    assert bad_fraction.returncode == 1 and "between 0 and 1" in bad_fraction.stderr
+    wrong_key = run_cli("versions", "--serving", target[1], "--admin-key", "not-the-key")
+    assert wrong_key.returncode == 1 and "admin key" in wrong_key.stderr
+    assert "Traceback" not in wrong_key.stderr + bad_fraction.stderr
+    refused = httpx.post(f"{swap_server.url}/v1/policy/canary", json={"fraction": 0.9}, timeout=10)
+    assert refused.status_code == 401
+    invalid = httpx.post(f"{swap_server.url}/v1/policy/canary", json={"fraction": 2}, headers=ADMIN, timeout=10)
+    assert invalid.status_code == 400
