@@ -265,11 +265,14 @@ async function ask(prompt) {
     if (result.id === null) return; // stopped before the first word: nothing to rate or keep
     state.history.push({ role: "user", content: prompt });
     state.history.push({ role: "assistant", content: result.choices[0].text, completionId: result.id });
+    // Each choice's feedback token comes with its first words; a choice stopped before them can't be rated.
+    if (!result.choices.every((choice) => choice.feedbackToken)) return;
     if (compare) attachVerdict(comparison, answers, result);
     else attachRating(answers[0], result, 0);
   } catch (error) {
     noteFailure(error);
     answers.forEach((answer) => failAnswer(answer, error.message));
+    if (error.status === 401) byId("key-panel").open = true; // this server wants a key: show where it goes
     byId("prompt").value ||= prompt; // the question is not lost: send it again when the service is back
   } finally {
     state.abort = null;
