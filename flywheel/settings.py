@@ -115,6 +115,9 @@ class ServingSettings(CommonSettings):
     feedback_public_url: str = Field(
         "http://127.0.0.1:8001", description="The feedback service's URL as the chat page's browser reaches it."
     )
+    trainer_public_url: str = Field(
+        "http://127.0.0.1:9300", description="The trainer's HTTP URL as the operator page's browser reaches it."
+    )
 
 
 class FeedbackSettings(CommonSettings):
@@ -207,10 +210,11 @@ class RolloutSection(BaseModel):
 
     enabled: bool = Field(True, description="Decide automatically (operators can always decide by hand).")
     check_interval_s: float = Field(5.0, description="How often the thumbs are counted.")
-    min_samples: int = Field(20, description="Thumbs each of canary and stable needs before any decision.")
-    promote_probability: float = Field(0.95, description="Promote once P(canary's up-rate > stable's) reaches this.")
+    min_samples: int = Field(20, description="Thumbs each of canary and stable needs before they count.")
+    min_comparisons: int = Field(10, description="Head-to-head comparisons needed before they count.")
+    promote_probability: float = Field(0.95, description="Promote once a signal P(canary better) reaches this.")
     rollback_probability: float = Field(0.05, description="Roll back once that probability falls to this.")
-    max_samples: int = Field(400, description="Thumbs per side after which an undecided canary is rolled back.")
+    max_samples: int = Field(400, description="Thumbs a side (or comparisons) before an undecided canary rolls back.")
 
 
 class TrainerSettings(CommonSettings):
@@ -230,6 +234,13 @@ class TrainerSettings(CommonSettings):
     ppo: PPOSection = PPOSection()
     gates: GateSection = GateSection()
     rollout: RolloutSection = RolloutSection()
+    cors_origins: str = Field(
+        "http://127.0.0.1:8000,http://localhost:8000",
+        description="Comma-separated browser origins (the operator page's) allowed to read /status and /history.",
+    )
+
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip().rstrip("/") for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def dataset_path(self) -> Path:

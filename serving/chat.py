@@ -7,11 +7,13 @@ publishes exactly one Completion event, stamped with the policy version that pro
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from vllm import SamplingParams
 from vllm.inputs import TokensPrompt
@@ -45,6 +47,13 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class _Outputs:
+    """Outputs of several engine requests merged as one (compare mode): what the consumers read."""
+
+    outputs: list[CompletionOutput]
+
+
+@dataclass
 class _ChoiceState:
     """What one choice has produced so far (streamed deltas are accumulated here)."""
 
@@ -68,7 +77,11 @@ class _Prepared:
     created: int
     started_at: float
     choices: dict[int, _ChoiceState]
+    choice_policies: list[ServedPolicy] = field(default_factory=list)  # compare mode: one version per choice
     first_token_at: float | None = None
+
+    def policy_of(self, index: int) -> ServedPolicy:
+        return self.choice_policies[index] if self.choice_policies else self.policy
 
 
 class ChatService:
@@ -107,6 +120,13 @@ class ChatService:
         s = self.settings
         if request.n > s.max_n:
             raise APIError(400, f"n must be at most {s.max_n}, got {request.n}", param="n", code="n_too_large")
+        if request.n > 1 and request.temperature == 0 and not request.compare_versions:
+            raise APIError(400, "n must be 1 with temperature 0 (greedy decoding gives one answer)", param="n")
+        if request.compare_versions:
+            if request.n != 2:
+                raise APIError(400, f"compare_versions needs n=2, got n={request.n}", param="n")
+            if request.policy_version is not None:
+                raise APIError(400, "compare_versions and policy_version exclude each other", param="policy_version")
         if len(request.messages) > s.max_messages:
             raise APIError(400, f"at most {s.max_messages} messages per request", param="messages")
         max_tokens = request.requested_max_tokens()
@@ -129,6 +149,13 @@ class ChatService:
             policy = self.router.pick_version(user_id, request.policy_version)
         except UnknownPolicyVersion as exc:
             raise APIError(404, str(exc), param="policy_version", code="policy_version_not_found") from None
+        choice_policies: list[ServedPolicy] = []
+        canary = self.router.canary
+        if request.compare_versions and canary is not None and canary.version != self.router.stable.version:
+            choice_policies = [self.router.stable, canary]
+            random.shuffle(choice_policies)  # neither side always first
+        elif request.compare_versions and request.temperature == 0:
+            raise APIError(400, "no canary to compare with now; greedy decoding would give one answer twice", param="n")
         prompt_ids = self._prompt_ids(request)
         room = self.settings.max_model_len - len(prompt_ids)
         max_tokens = request.requested_max_tokens()
@@ -143,7 +170,7 @@ class ChatService:
         if max_tokens is None:
             max_tokens = min(self.settings.default_max_tokens, room)
         sampling = SamplingParams(
-            n=request.n,
+            n=1 if choice_policies else request.n,  # compare mode: one engine request per choice
             temperature=request.temperature,
             top_p=request.top_p,
             max_tokens=max_tokens,
@@ -166,12 +193,17 @@ class ChatService:
             created=int(time.time()),
             started_at=time.perf_counter(),
             choices={i: _ChoiceState(index=i) for i in range(request.n)},
+            choice_policies=choice_policies,
         )
 
     # -- generation
 
     async def _generate(self, prep: _Prepared) -> AsyncIterator[RequestOutput]:
         # The version stays loaded until this request is over (finished, aborted or disconnected).
+        if prep.choice_policies:
+            async for output in self._generate_per_choice(prep):
+                yield output
+            return
         with self.router.using(prep.policy):
             async for output in self.engine.generate(
                 TokensPrompt(prompt_token_ids=prep.prompt_ids),
@@ -180,6 +212,41 @@ class ChatService:
                 lora_request=prep.policy.lora,
             ):
                 yield output
+
+    async def _generate_per_choice(self, prep: _Prepared) -> AsyncIterator[_Outputs]:
+        """Compare mode: one engine request per choice, each on its own version, merged as they come."""
+        queue: asyncio.Queue[_Outputs | BaseException | None] = asyncio.Queue()
+
+        async def run(index: int, policy: ServedPolicy) -> None:
+            try:
+                with self.router.using(policy):
+                    async for output in self.engine.generate(
+                        TokensPrompt(prompt_token_ids=prep.prompt_ids),
+                        prep.sampling,
+                        f"{prep.completion_id}-{index}",
+                        lora_request=policy.lora,
+                    ):
+                        await queue.put(_Outputs([replace(piece, index=index) for piece in output.outputs]))
+            except BaseException as exc:  # handed to the consumer, which re-raises it
+                await queue.put(exc)
+            finally:
+                await queue.put(None)
+
+        tasks = [asyncio.create_task(run(i, policy)) for i, policy in enumerate(prep.choice_policies)]
+        try:
+            running = len(tasks)
+            while running:
+                item = await queue.get()
+                if item is None:
+                    running -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def _absorb(self, prep: _Prepared, output: CompletionOutput) -> tuple[_ChoiceState, ChoiceLogprobs | None]:
         state = prep.choices[output.index]
@@ -222,7 +289,7 @@ class ChatService:
         return decoded if decoded is not None else self.tokenizer.decode([token_id])
 
     def _feedback_token(self, prep: _Prepared, index: int) -> str:
-        return self.tokens.issue(prep.completion_id, index, prep.request.n, prep.user_id, prep.policy.version)
+        return self.tokens.issue(prep.completion_id, index, prep.request.n, prep.user_id, prep.policy_of(index).version)
 
     async def complete(self, prep: _Prepared) -> ChatCompletionResponse:
         final: RequestOutput | None = None
@@ -241,6 +308,7 @@ class ChatService:
                 finish_reason=state.finish_reason,
                 logprobs=logprobs.get(state.index),
                 feedback_token=self._feedback_token(prep, state.index),
+                policy_version=prep.policy_of(state.index).version,
             )
             for state in prep.choices.values()
         ]
@@ -276,6 +344,7 @@ class ChatService:
                         finish_reason=state.finish_reason,
                         logprobs=logprobs,
                         feedback_token=token,
+                        policy_version=prep.policy_of(state.index).version if token else None,
                     )
                     yield self._sse(self._chunk(prep, [choice]))
             completed = True
@@ -353,6 +422,7 @@ class ChatService:
                     finish_reason=s.finish_reason or "",
                     token_ids=s.token_ids,
                     token_logprobs=s.token_logprobs,
+                    policy_version=prep.policy_of(s.index).version,
                 )
                 for s in prep.choices.values()
             ],

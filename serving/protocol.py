@@ -59,6 +59,11 @@ class ChatCompletionRequest(BaseModel):
     policy_version: Annotated[str, Field(min_length=1, max_length=128)] | None = Field(
         None, description="Flywheel: pin a policy version (evaluation)."
     )
+    compare_versions: bool = Field(
+        False,
+        description="Flywheel: with n=2, answer once with the stable version and once with the canary (in random "
+        "order; each choice names its version), so a comparison judges the two head to head.",
+    )
 
     @field_validator("stop")
     @classmethod
@@ -102,6 +107,7 @@ class Choice(BaseModel):
     finish_reason: str | None
     logprobs: ChoiceLogprobs | None = None
     feedback_token: str
+    policy_version: str | None = Field(None, description="The version of this choice (compare mode).")
 
 
 class Usage(BaseModel):
@@ -132,6 +138,7 @@ class StreamChoice(BaseModel):
     finish_reason: str | None = None
     logprobs: ChoiceLogprobs | None = None
     feedback_token: str | None = None
+    policy_version: str | None = None
 
 
 class ChatCompletionChunk(BaseModel):

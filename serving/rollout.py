@@ -143,7 +143,9 @@ class PolicyReceiver:
             self.state = fold(self.state, event)
             if self.state is before:
                 return
-            if event.HasField("published"):
+            if event.HasField("published") and self.state.canary == before.canary:
+                pass  # announced again (the trainer re-announces what the store holds): nothing to do
+            elif event.HasField("published"):
                 self._published_at[event.published.version] = event_time(event)
                 log.info("version %s published (parent %s)", event.published.version, event.published.parent_version)
             else:

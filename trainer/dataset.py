@@ -153,6 +153,7 @@ class DatasetStore:
                 (event.completion_id, event.user_id, json.dumps(list(event.comparison.ranking)),
                  event.comparison.strength, created, seq),
             )  # fmt: skip
+            self._store_head_to_head(db, event, created)
         else:
             pair = event.external_pair
             messages = [(m.role, m.content) for m in pair.prompt]
@@ -320,6 +321,39 @@ class DatasetStore:
         rows = self._query("SELECT topic, partition, next_offset, last_digest FROM positions")
         return {(topic, partition): (offset, digest) for topic, partition, offset, digest in rows}
 
+    @staticmethod
+    def _store_head_to_head(db: sqlite3.Connection, event: events_pb2.FeedbackEvent, created: float) -> None:
+        """A comparison across versions (compare mode) as winner/loser rows; the user's latest one stands."""
+        versions = list(event.choice_policy_versions)
+        ranking = list(event.comparison.ranking)
+        if len(set(versions)) < 2 or event.comparison.strength == events_pb2.COMPARISON_STRENGTH_TIE:
+            return
+        (stored,) = db.execute(
+            "SELECT created_at FROM comparisons WHERE completion_id = ? AND user_id = ?",
+            (event.completion_id, event.user_id),
+        ).fetchone()
+        if stored != created:
+            return  # an older comparison replayed after a newer one
+        db.execute(
+            "DELETE FROM head_to_head WHERE completion_id = ? AND user_id = ?", (event.completion_id, event.user_id)
+        )
+        for place, better in enumerate(ranking):
+            for worse in ranking[place + 1 :]:
+                if versions[better] != versions[worse]:
+                    db.execute(
+                        "INSERT OR REPLACE INTO head_to_head VALUES (?, ?, ?, ?, ?)",
+                        (event.completion_id, event.user_id, versions[better], versions[worse], created),
+                    )
+
+    def head_to_head(self, version: str, other: str, since: float) -> tuple[int, int]:
+        """(wins, losses) of `version` against `other` in comparisons given since `since`."""
+        rows = self._query(
+            "SELECT COALESCE(SUM(winner = ?), 0), COALESCE(SUM(winner = ?), 0) FROM head_to_head"
+            " WHERE created_at >= ? AND ((winner = ? AND loser = ?) OR (winner = ? AND loser = ?))",
+            (version, other, since, version, other, other, version),
+        )
+        return int(rows[0][0]), int(rows[0][1])
+
     def thumbs(self, policy_version: str, since: float) -> tuple[int, int]:
         """(up, down) ratings of `policy_version`'s answers given since `since` (each user's latest)."""
         rows = self._query(
@@ -328,6 +362,49 @@ class DatasetStore:
             (policy_version, since),
         )
         return int(rows[0][0]), int(rows[0][1])
+
+    def feedback_history(self, bucket_s: float, since: float = 0.0) -> dict:
+        """Thumbs and head-to-head comparisons per policy version and time bucket, for the operator page.
+
+        Thumbs count each user's latest rating of a choice. A comparison counts as a win, loss or
+        tie only between choices served by different versions (events list each choice's version);
+        one completion's choices usually share a version, so those are only totalled.
+        """
+        cells: dict[tuple[str, float], dict[str, int]] = {}
+
+        def cell(version: str, created_at: float) -> dict[str, int]:
+            start = (created_at // bucket_s) * bucket_s
+            return cells.setdefault((version, start), dict.fromkeys(("up", "down", "wins", "losses", "ties"), 0))
+
+        for version, created_at, rating in self._query(
+            "SELECT COALESCE(policy_version, ''), created_at, rating FROM ratings WHERE created_at >= ?", (since,)
+        ):
+            cell(version, created_at)["up" if rating > 0 else "down"] += 1
+        total = across = 0
+        for payload, created_at in self._query(
+            "SELECT e.payload, k.created_at FROM comparisons k JOIN events e ON e.seq = k.seq WHERE k.created_at >= ?",
+            (since,),
+        ):
+            event = events_pb2.FeedbackEvent.FromString(payload)
+            ranking, versions = list(event.comparison.ranking), list(event.choice_policy_versions)
+            total += 1
+            if len(set(versions)) < 2 or any(not 0 <= i < len(versions) for i in ranking):
+                continue  # one version (or no per-choice versions): no head-to-head result
+            across += 1
+            tie = event.comparison.strength == events_pb2.COMPARISON_STRENGTH_TIE
+            for rank, better in enumerate(ranking):
+                for worse in ranking[rank + 1 :]:
+                    winner, loser = versions[better], versions[worse]
+                    if winner == loser:
+                        continue
+                    if tie:
+                        cell(winner, created_at)["ties"] += 1
+                        cell(loser, created_at)["ties"] += 1
+                    else:
+                        cell(winner, created_at)["wins"] += 1
+                        cell(loser, created_at)["losses"] += 1
+        buckets = [{"version": v, "start": start, **counts} for (v, start), counts in sorted(cells.items())]
+        return {"buckets": buckets, "comparisons": {"total": total, "across_versions": across}}
 
     def get_state(self, key: str, default: str = "") -> str:
         rows = self._query("SELECT value FROM state WHERE key = ?", (key,))

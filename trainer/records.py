@@ -70,6 +70,14 @@ CREATE TABLE IF NOT EXISTS samples (
     text TEXT NOT NULL,
     PRIMARY KEY (prompt_key, policy_version)
 );
+CREATE TABLE IF NOT EXISTS head_to_head (
+    completion_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    winner TEXT NOT NULL,
+    loser TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (completion_id, user_id, winner, loser)
+);
 CREATE TABLE IF NOT EXISTS rounds (
     round INTEGER PRIMARY KEY,
     started_at REAL NOT NULL,

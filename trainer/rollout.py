@@ -1,13 +1,17 @@
 """The roll-out controller: live thumbs decide whether the canary is promoted or rolled back.
 
 It runs in the trainer (one per deployment, beside the feedback it already stores) and decides with a
-Beta-Binomial rule: each side's thumbs-up rate gets a Beta(1 + up, 1 + down) posterior, counted
-over the same window (since the canary went live), and
+Beta-Binomial rule on two signals, both counted since the canary went live:
 
-- nothing is decided until both sides have `min_samples` thumbs;
-- P(canary's rate > stable's) ≥ `promote_probability` (0.95): promote;
-- that probability ≤ `rollback_probability` (0.05): roll back;
-- both sides past `max_samples` with neither: roll back (no clear gain; stable stays).
+- thumbs: each side's thumbs-up rate gets a Beta(1 + up, 1 + down) posterior, and the signal is
+  P(canary's rate > stable's); it counts once both sides have `min_samples` thumbs;
+- head to head (compare mode answers one prompt with both versions): the canary's win rate gets a
+  Beta(1 + wins, 1 + losses) posterior, and the signal is P(win rate > 1/2); it counts once
+  `min_comparisons` comparisons are in (ties are left out).
+
+A counting signal ≥ `promote_probability` (0.95) with none ≤ `rollback_probability` (0.05):
+promote; the reverse: roll back; both: wait. A canary still undecided once a signal has
+`max_samples`: roll back (no clear gain; stable stays).
 
 Looking again after every few thumbs makes wrong calls likelier than the 5 % a single look gives;
 the minimum sample and the cap bound that, and every decision records its counts and probability.
@@ -54,6 +58,12 @@ def probability_b_beats_a(up_a: int, down_a: int, up_b: int, down_b: int) -> flo
     return min(1.0, max(0.0, total))
 
 
+def probability_above_half(wins: int, losses: int) -> float:
+    """P(θ > 1/2) for θ ~ Beta(1 + wins, 1 + losses): a binomial tail, exactly."""
+    n = wins + losses + 1
+    return sum(math.comb(n, k) for k in range(wins + 1)) / 2**n
+
+
 @dataclass(frozen=True)
 class Verdict:
     action: int  # ROLLOUT_ACTION_PROMOTE, ROLLOUT_ACTION_ROLLBACK or UNSPECIFIED (wait)
@@ -61,23 +71,43 @@ class Verdict:
     statistics: dict[str, float]
 
 
-def judge(canary: tuple[int, int], stable: tuple[int, int], rule: RolloutSection) -> Verdict:
-    """The decision for (up, down) thumbs of each side, by the rule in this module's docstring."""
-    (up_c, down_c), (up_s, down_s) = canary, stable
-    p = probability_b_beats_a(up_s, down_s, up_c, down_c)
+def judge(
+    canary: tuple[int, int], stable: tuple[int, int], rule: RolloutSection, head_to_head: tuple[int, int] = (0, 0)
+) -> Verdict:
+    """The decision for (up, down) thumbs of each side and the canary's (wins, losses) against stable.
+
+    Each signal counts once it has its minimum sample; one that calls for promotion while the
+    other calls for a roll-back means wait. See the module docstring for the thresholds.
+    """
+    (up_c, down_c), (up_s, down_s), (wins, losses) = canary, stable, head_to_head
+    p_thumbs = probability_b_beats_a(up_s, down_s, up_c, down_c)
+    p_h2h = probability_above_half(wins, losses)
     stats = {"canary_up": up_c, "canary_down": down_c, "stable_up": up_s, "stable_down": down_s,
-             "p_canary_better": p}  # fmt: skip
-    n_c, n_s = up_c + down_c, up_s + down_s
-    rates = f"canary {up_c}/{n_c} up, stable {up_s}/{n_s} up, P(canary better) = {p:.3f}"
-    if min(n_c, n_s) < rule.min_samples:
-        waiting = f"waiting for {rule.min_samples} thumbs a side: {rates}"
+             "p_canary_better": p_thumbs, "canary_wins": wins, "canary_losses": losses,
+             "p_canary_wins": p_h2h}  # fmt: skip
+    n_c, n_s, n_h = up_c + down_c, up_s + down_s, wins + losses
+    rates = (
+        f"thumbs up: canary {up_c}/{n_c}, stable {up_s}/{n_s}, P(canary better) = {p_thumbs:.3f}; "
+        f"head to head: canary won {wins} of {n_h}, P(canary wins more often) = {p_h2h:.3f}"
+    )
+    signals = []
+    if min(n_c, n_s) >= rule.min_samples:
+        signals.append(p_thumbs)
+    if n_h >= rule.min_comparisons:
+        signals.append(p_h2h)
+    if not signals:
+        waiting = f"waiting for {rule.min_samples} thumbs a side or {rule.min_comparisons} comparisons: {rates}"
         return Verdict(Action.ROLLOUT_ACTION_UNSPECIFIED, waiting, stats)
-    if p >= rule.promote_probability:
+    better = any(p >= rule.promote_probability for p in signals)
+    worse = any(p <= rule.rollback_probability for p in signals)
+    if better and not worse:
         return Verdict(Action.ROLLOUT_ACTION_PROMOTE, f"canary better: {rates}", stats)
-    if p <= rule.rollback_probability:
+    if worse and not better:
         return Verdict(Action.ROLLOUT_ACTION_ROLLBACK, f"canary worse: {rates}", stats)
-    if min(n_c, n_s) >= rule.max_samples:
-        return Verdict(Action.ROLLOUT_ACTION_ROLLBACK, f"no clear gain after {rule.max_samples} a side: {rates}", stats)
+    if better and worse:
+        return Verdict(Action.ROLLOUT_ACTION_UNSPECIFIED, f"the signals disagree: {rates}", stats)
+    if min(n_c, n_s) >= rule.max_samples or n_h >= rule.max_samples:
+        return Verdict(Action.ROLLOUT_ACTION_ROLLBACK, f"no clear gain after {rule.max_samples}: {rates}", stats)
     return Verdict(Action.ROLLOUT_ACTION_UNSPECIFIED, f"undecided: {rates}", stats)
 
 
@@ -141,7 +171,8 @@ class RolloutController:
         since = state.canary_since
         canary = self.dataset.thumbs(state.canary, since)
         stable = self.dataset.thumbs(state.stable, since)
-        verdict = judge(canary, stable, self.rule)
+        head_to_head = self.dataset.head_to_head(state.canary, state.stable, since)
+        verdict = judge(canary, stable, self.rule, head_to_head)
         self.last_verdict = verdict
         self.metrics.rollout_probability.set(verdict.statistics["p_canary_better"])
         for side, (up, down) in (("canary", canary), ("stable", stable)):

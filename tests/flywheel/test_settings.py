@@ -10,7 +10,11 @@ def test_placeholder_secret_is_refused_outside_local(monkeypatch):
     with pytest.raises(ValidationError, match="placeholder"):
         ServingSettings()
     monkeypatch.setenv("FLYWHEEL_FEEDBACK_TOKEN_SECRET", "a-real-secret")
+    with pytest.raises(ValidationError, match="FLYWHEEL_ADMIN_KEY still holds the placeholder"):
+        ServingSettings()  # the admin key guards serving's control plane too
+    monkeypatch.setenv("FLYWHEEL_ADMIN_KEY", "a-real-admin-key")
     assert ServingSettings().feedback_token_secret == "a-real-secret"
+    assert ServingSettings().admin_key == "a-real-admin-key"
 
 
 def test_placeholder_secret_is_allowed_locally(monkeypatch):

@@ -9,10 +9,11 @@ import pytest
 
 from flywheel.settings import RolloutSection
 from flywheel.v1 import events_pb2
-from trainer.rollout import judge, probability_b_beats_a
+from trainer.rollout import judge, probability_above_half, probability_b_beats_a
 
 Action = events_pb2.RolloutAction
-RULE = RolloutSection(min_samples=10, promote_probability=0.95, rollback_probability=0.05, max_samples=100)
+RULE = RolloutSection(min_samples=10, min_comparisons=10, promote_probability=0.95, rollback_probability=0.05,
+                      max_samples=100)  # fmt: skip
 
 
 def test_probability_matches_closed_forms():
@@ -52,3 +53,21 @@ def test_an_undecided_canary_waits_then_is_rolled_back_at_the_cap():
     assert judge(canary=(6, 4), stable=(5, 5), rule=RULE).action == Action.ROLLOUT_ACTION_UNSPECIFIED
     capped = judge(canary=(50, 50), stable=(50, 50), rule=RULE)
     assert capped.action == Action.ROLLOUT_ACTION_ROLLBACK and "no clear gain" in capped.reason
+
+
+def test_head_to_head_probability_is_a_binomial_tail():
+    assert probability_above_half(0, 0) == pytest.approx(0.5)
+    assert probability_above_half(1, 0) == pytest.approx(0.75)  # density 2θ: 1 - 1/4
+    assert probability_above_half(0, 1) == pytest.approx(0.25)
+    assert probability_above_half(7, 3) + probability_above_half(3, 7) == pytest.approx(1.0)
+
+
+def test_head_to_head_comparisons_decide_alone_and_a_disagreement_waits():
+    few_thumbs = ((1, 0), (0, 1))
+    wins = judge(*few_thumbs, rule=RULE, head_to_head=(10, 1))
+    assert wins.action == Action.ROLLOUT_ACTION_PROMOTE and wins.statistics["p_canary_wins"] > 0.95
+    losses = judge(*few_thumbs, rule=RULE, head_to_head=(1, 10))
+    assert losses.action == Action.ROLLOUT_ACTION_ROLLBACK
+    assert judge(*few_thumbs, rule=RULE, head_to_head=(6, 3)).action == Action.ROLLOUT_ACTION_UNSPECIFIED
+    disagree = judge(canary=(2, 8), stable=(8, 2), rule=RULE, head_to_head=(10, 1))
+    assert disagree.action == Action.ROLLOUT_ACTION_UNSPECIFIED and "disagree" in disagree.reason
