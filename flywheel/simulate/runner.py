@@ -210,6 +210,8 @@ class Simulation:
                 n=2 if compare else 1,
                 max_tokens=config.max_tokens,
                 extra_headers={"Authorization": f"Bearer {key}"},
+                # a comparison pits the stable version against the canary when there is one
+                extra_body={"compare_versions": True} if compare else None,
             )
         except openai.APIStatusError as exc:
             self._service_error("serving", f"http {exc.status_code}", _api_message(exc), exc.status_code)
@@ -233,8 +235,9 @@ class Simulation:
             self.tally.error("serving", "malformed response", f"{len(choices)} choices, feedback tokens {tokens}")
             return False
         scores = [self.preference.score(prompt, text) for text in texts]  # a PreferenceError ends the run
-        for score in scores:
-            self.tally.answers.append(Answer(turn, user, version, at, score, score >= SATISFIED_AT))
+        for choice, score in zip(choices, scores, strict=True):
+            choice_version = str((choice.model_extra or {}).get("policy_version") or version)  # compare mode
+            self.tally.answers.append(Answer(turn, user, choice_version, at, score, score >= SATISFIED_AT))
 
         idempotency_key = f"sim-{self.run_id}-{turn}"
         if compare:

@@ -54,6 +54,7 @@ function absorb(result, chunk) {
     if (!choice) continue;
     choice.text += (piece.delta && piece.delta.content) || "";
     if (piece.feedback_token) choice.feedbackToken = piece.feedback_token;
+    if (piece.policy_version) choice.policyVersion = piece.policy_version; // compare mode: per answer
     if (piece.finish_reason) choice.finishReason = piece.finish_reason;
   }
 }
@@ -73,7 +74,9 @@ export async function streamChat({ messages, n, apiKey, signal, onUpdate }) {
     response = await fetch("/v1/chat/completions", {
       method: "POST",
       headers: headers(apiKey),
-      body: JSON.stringify({ messages, n, stream: true }),
+      // With two answers, ask for one from the stable version and one from the canary (when there
+      // is a canary), so the comparison judges the two head to head.
+      body: JSON.stringify({ messages, n, stream: true, compare_versions: n === 2 }),
       signal,
     });
   } catch (error) {

@@ -82,7 +82,8 @@ function newAnswer(label) {
 
 function showChoice(answer, choice, result) {
   answer.querySelector(".answer-text").textContent = choice.text;
-  if (result.policyVersion) answer.querySelector(".policy").textContent = `policy ${result.policyVersion}`;
+  const version = choice.policyVersion || result.policyVersion;
+  if (version) answer.querySelector(".policy").textContent = `policy ${version}`;
   const note = result.stopped ? FINISH_NOTES.abort : FINISH_NOTES[choice.finishReason];
   answer.querySelector(".finish").textContent = note ? ` · ${note}` : "";
 }

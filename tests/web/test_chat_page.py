@@ -238,7 +238,8 @@ def test_the_page_says_when_the_feedback_service_is_down(page: Page, chat_stack)
 def test_the_page_config_names_the_feedback_service_and_feedback_allows_the_page(chat_stack):
     serving, feedback = chat_stack.serving_url, chat_stack.feedback.url
     config = httpx.get(f"{serving}/config.json", timeout=10).json()
-    assert config == {"feedback_url": feedback, "model": "flywheel", "anonymous": True}
+    assert config["feedback_url"] == feedback
+    assert (config["model"], config["anonymous"]) == ("flywheel", True)
 
     page = httpx.get(f"{serving}/", timeout=10)
     assert page.headers["content-type"].startswith("text/html")
