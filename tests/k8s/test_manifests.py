@@ -1,0 +1,403 @@
+"""The kustomize overlays as `kubectl kustomize` renders them: valid objects that say what we mean.
+
+Core kinds validate against Kubernetes' own schemas (kubernetes-validate, strict: no unknown
+field); Strimzi's and the Prometheus Operator's kinds against small schemas written from their
+CRDs (schemas/). Then what the objects must say: probes, roll-out, volumes, replication, secrets,
+identities, network policies, and every FLYWHEEL_* variable a real setting of the service that
+reads it, with a value its settings class accepts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from kubernetes_validate import utils as kubernetes_validate
+
+from flywheel.settings import (
+    PLACEHOLDER_SECRET,
+    TOPIC_POLICY,
+    TOPICS,
+    FeedbackSettings,
+    ServingSettings,
+    TrainerSettings,
+)
+from tests.conftest import ROOT
+from tests.k8s.conftest import OVERLAYS, find, one
+
+SCHEMAS = Path(__file__).parent / "schemas"
+CUSTOM_GROUPS = ("kafka.strimzi.io/", "monitoring.coreos.com/")
+SETTINGS = {"serve": ServingSettings, "feedback": FeedbackSettings, "train": TrainerSettings}
+WORKLOADS = {"serving": ("Deployment", "flywheel-serving"), "feedback": ("Deployment", "flywheel-feedback"),
+             "trainer": ("StatefulSet", "flywheel-trainer")}  # fmt: skip
+
+
+def overlays():
+    return pytest.mark.parametrize("overlay", OVERLAYS)
+
+
+def pod_spec(objects, component):
+    kind, name = WORKLOADS[component]
+    return one(objects, kind, name)["spec"]["template"]["spec"]
+
+
+def main_container(objects, component):
+    (container,) = pod_spec(objects, component)["containers"]
+    return container
+
+
+def matches(selector: dict, labels: dict) -> bool:
+    """A label selector (matchLabels and matchExpressions with In) against a set of labels."""
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", "only In is used in these manifests"
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+# -- rendering and schemas
+
+
+@overlays()
+def test_the_overlay_renders_every_part(rendered, overlay):
+    kinds = {o["kind"] for o in rendered[overlay]}
+    assert {"Namespace", "Deployment", "StatefulSet", "Service", "ConfigMap", "PersistentVolumeClaim",
+            "ServiceAccount", "NetworkPolicy", "Kafka", "KafkaNodePool", "KafkaTopic", "ServiceMonitor",
+            "PrometheusRule"} <= kinds  # fmt: skip
+    names = [(o["kind"], o["metadata"]["name"]) for o in rendered[overlay]]
+    assert len(names) == len(set(names)), "an object is rendered twice"
+    namespaces = {o["metadata"].get("namespace") for o in rendered[overlay] if o["kind"] != "Namespace"}
+    assert namespaces == {one(rendered[overlay], "Namespace", next(iter(namespaces)))["metadata"]["name"]}
+
+
+@overlays()
+def test_core_objects_validate_against_the_kubernetes_schemas(rendered, overlay):
+    version = kubernetes_validate.latest_version()
+    core = [o for o in rendered[overlay] if not o["apiVersion"].startswith(CUSTOM_GROUPS)]
+    assert len(core) > 20
+    for obj in core:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} ({overlay}): {exc.message} at {list(exc.path)}")
+
+
+@overlays()
+def test_operator_resources_validate_against_their_crd_schemas(rendered, overlay):
+    custom = [o for o in rendered[overlay] if o["apiVersion"].startswith(CUSTOM_GROUPS)]
+    for obj in custom:
+        path = SCHEMAS / f"{obj['apiVersion'].replace('/', '-')}-{obj['kind']}.json"
+        assert path.exists(), f"no schema for {obj['apiVersion']} {obj['kind']}"
+        errors = sorted(
+            jsonschema.Draft202012Validator(json.loads(path.read_text())).iter_errors(obj), key=lambda e: list(e.path)
+        )
+        assert not errors, f"{obj['kind']}/{obj['metadata']['name']}: " + "; ".join(
+            f"{e.message} at {list(e.path)}" for e in errors
+        )
+
+
+def test_the_crd_schemas_refuse_what_the_operators_refuse():
+    topic = {"apiVersion": "kafka.strimzi.io/v1", "kind": "KafkaTopic", "metadata": {"name": "t"},
+             "spec": {"partitions": 0, "replicas": 3}}  # fmt: skip
+    validator = jsonschema.Draft202012Validator(
+        json.loads((SCHEMAS / "kafka.strimzi.io-v1-KafkaTopic.json").read_text())
+    )
+    assert not validator.is_valid(topic)
+    monitor = {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor", "metadata": {"name": "m"},
+               "spec": {"selector": {}, "endpoints": [{"port": "http", "interval": "15 seconds"}]}}  # fmt: skip
+    schema = json.loads((SCHEMAS / "monitoring.coreos.com-v1-ServiceMonitor.json").read_text())
+    assert not jsonschema.Draft202012Validator(schema).is_valid(monitor)
+
+
+# -- Kafka
+
+
+@overlays()
+def test_kafka_topics_are_the_three_with_replication_and_in_sync_replicas(rendered, overlay):
+    objects = rendered[overlay]
+    (kafka,) = find(objects, "Kafka")
+    cluster = kafka["metadata"]["name"]
+    brokers = sum(p["spec"]["replicas"] for p in find(objects, "KafkaNodePool") if "broker" in p["spec"]["roles"])
+    assert all(p["metadata"]["labels"]["strimzi.io/cluster"] == cluster for p in find(objects, "KafkaNodePool"))
+    topics = {t.get("spec", {}).get("topicName", t["metadata"]["name"]): t for t in find(objects, "KafkaTopic")}
+    assert set(topics) == set(TOPICS)
+    for name, topic in topics.items():
+        spec = topic["spec"]
+        assert topic["metadata"]["labels"]["strimzi.io/cluster"] == cluster
+        assert spec["partitions"] >= 1 and spec["replicas"] <= brokers, name
+        min_isr = int(spec["config"]["min.insync.replicas"])
+        if overlay == "prod":
+            assert (spec["replicas"], min_isr) == (3, 2), name
+        else:
+            assert min_isr <= spec["replicas"]
+    policy = topics[TOPIC_POLICY]["spec"]
+    # Replicas fold the whole policy topic in order: one partition, nothing deleted, not compacted.
+    assert policy["partitions"] == 1
+    assert int(policy["config"]["retention.ms"]) == -1 and policy["config"]["cleanup.policy"] == "delete"
+    config = kafka["spec"]["kafka"]["config"]
+    assert config["auto.create.topics.enable"] is False
+    if overlay == "prod":
+        assert brokers == 3 and config["min.insync.replicas"] == 2 and config["default.replication.factor"] == 3
+
+
+@overlays()
+def test_only_flywheel_pods_may_reach_the_kafka_listener(rendered, overlay):
+    objects = rendered[overlay]
+    (kafka,) = find(objects, "Kafka")
+    (listener,) = kafka["spec"]["kafka"]["listeners"]
+    peers = [peer["podSelector"] for peer in listener["networkPolicyPeers"]]
+    for component in WORKLOADS:
+        labels = one(objects, *WORKLOADS[component])["spec"]["template"]["metadata"]["labels"]
+        assert any(matches(peer, labels) for peer in peers), component
+    assert not any(matches(peer, {"app.kubernetes.io/name": "other"}) for peer in peers)
+    bootstrap = one(objects, "ConfigMap", config_map_name(objects, "flywheel-common"))["data"]
+    assert bootstrap["FLYWHEEL_KAFKA_BOOTSTRAP"] == f"{kafka['metadata']['name']}-kafka-bootstrap:{listener['port']}"
+
+
+# -- workloads
+
+
+@overlays()
+def test_serving_rolls_out_without_losing_capacity_and_reads_the_model_store(rendered, overlay):
+    objects = rendered[overlay]
+    deployment = one(objects, "Deployment", "flywheel-serving")
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    spec = deployment["spec"]["template"]["spec"]
+    container = main_container(objects, "serving")
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert container[probe]["httpGet"]["port"] in ports
+    store = next(
+        v for v in spec["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == "flywheel-model-store"
+    )
+    assert store["persistentVolumeClaim"]["readOnly"] is True
+    mount = next(m for m in container["volumeMounts"] if m["name"] == store["name"])
+    assert mount["readOnly"] is True and mount["mountPath"] == "/data/store"
+    resources = container["resources"]
+    assert resources["requests"]["cpu"] and resources["limits"]["memory"]
+    if overlay == "prod":
+        assert deployment["spec"]["replicas"] >= 2
+        assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == "1"
+        assert container["image"].rsplit(":", 1)[0].endswith("/flywheel-gpu")
+    else:
+        assert deployment["spec"]["replicas"] == 1
+        assert "nvidia.com/gpu" not in resources.get("limits", {})
+        assert container["image"] == "flywheel:0.1.0"
+
+
+@overlays()
+def test_feedback_has_a_service_and_scales_by_its_autoscaler_in_prod(rendered, overlay):
+    objects = rendered[overlay]
+    deployment = one(objects, "Deployment", "flywheel-feedback")
+    service = one(objects, "Service", "flywheel-feedback")
+    assert matches({"matchLabels": service["spec"]["selector"]}, deployment["spec"]["template"]["metadata"]["labels"])
+    container = main_container(objects, "feedback")
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    autoscalers = find(objects, "HorizontalPodAutoscaler", "flywheel-feedback")
+    if overlay == "prod":
+        (hpa,) = autoscalers
+        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                                 "name": "flywheel-feedback"}  # fmt: skip
+        assert hpa["spec"]["minReplicas"] >= 2
+        assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
+    else:
+        assert not autoscalers and deployment["spec"]["replicas"] == 1
+
+
+@overlays()
+def test_the_trainer_is_one_pod_with_its_own_volume_and_writes_the_model_store(rendered, overlay):
+    objects = rendered[overlay]
+    statefulset = one(objects, "StatefulSet", "flywheel-trainer")
+    assert statefulset["spec"]["replicas"] == 1
+    assert one(objects, "Service", statefulset["spec"]["serviceName"])["spec"]["clusterIP"] == "None"
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    container = main_container(objects, "trainer")
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts[claim["metadata"]["name"]]["mountPath"] == "/data"
+    store = next(v for v in pod_spec(objects, "trainer")["volumes"] if v["name"] == "model-store")
+    assert store["persistentVolumeClaim"] == {"claimName": "flywheel-model-store"}
+    assert not mounts["model-store"].get("readOnly", False) and mounts["model-store"]["mountPath"] == "/data/store"
+    pvc = one(objects, "PersistentVolumeClaim", "flywheel-model-store")
+    if overlay == "prod":
+        assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+@overlays()
+def test_every_pod_runs_unprivileged_with_no_api_rights(rendered, overlay):
+    objects = rendered[overlay]
+    assert not [o for o in objects if o["kind"] in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")]
+    accounts = {a["metadata"]["name"]: a for a in find(objects, "ServiceAccount")}
+    used = set()
+    for component in WORKLOADS:
+        spec = pod_spec(objects, component)
+        assert spec["automountServiceAccountToken"] is False
+        account = accounts[spec["serviceAccountName"]]
+        assert account["automountServiceAccountToken"] is False
+        used.add(spec["serviceAccountName"])
+        assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0
+        for container in spec["containers"] + spec.get("initContainers", []):
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False and context["readOnlyRootFilesystem"] is True
+            assert context["capabilities"]["drop"] == ["ALL"]
+    assert used == set(accounts), "one service account per service"
+
+
+@overlays()
+def test_secrets_hold_no_real_values_and_prod_ships_none(rendered, overlay):
+    objects = rendered[overlay]
+    secrets = find(objects, "Secret")
+    if overlay == "prod":
+        assert not secrets, "prod must not overwrite the operator's real secret"
+    else:
+        (secret,) = secrets
+        assert set(secret["stringData"].values()) <= {PLACEHOLDER_SECRET, ""}
+        assert not secret.get("data")
+    base = yaml.safe_load((ROOT / "k8s/base/secret.yaml").read_text())
+    for component in WORKLOADS:
+        for container in pod_spec(objects, component)["containers"]:
+            for env in container.get("env", []):
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["name"] == "flywheel-secrets" and ref["key"] in base["stringData"], env["name"]
+
+
+def config_map_name(objects, prefix: str) -> str:
+    """The generated name (with its content hash) of a ConfigMap."""
+    names = [m["metadata"]["name"] for m in find(objects, "ConfigMap")]
+    (name,) = [name for name in names if name == prefix or re.fullmatch(rf"{prefix}-[a-z0-9]{{10}}", name)]
+    return name
+
+
+def container_environment(objects, container, secrets: dict[str, str]) -> dict[str, str]:
+    """The variables a container gets: its ConfigMaps, then its own env (secrets by their key)."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(one(objects, "ConfigMap", source["configMapRef"]["name"])["data"])
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        elif "secretKeyRef" in item.get("valueFrom", {}):
+            env[item["name"]] = secrets[item["valueFrom"]["secretKeyRef"]["key"]]
+        elif "fieldRef" in item.get("valueFrom", {}):
+            env[item["name"]] = "pod-name-0"
+    return env
+
+
+def settings_fields(cls) -> set[str]:
+    names = set()
+    for name, field in cls.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+            names |= {f"{name}__{sub}" for sub in annotation.model_fields}
+        else:
+            names.add(name)
+    return names
+
+
+@overlays()
+def test_every_flywheel_variable_is_a_setting_its_service_reads_and_accepts(rendered, overlay, monkeypatch):
+    objects = rendered[overlay]
+    secrets = {"feedback-token-secret": "a-real-secret", "admin-key": "a-real-admin-key", "api-keys": "key-1:alice"}
+    models, fractions = {}, set()
+    for component in WORKLOADS:
+        container = main_container(objects, component)
+        verb = container["args"][0]
+        cls = SETTINGS[verb]
+        env = container_environment(objects, container, secrets)
+        unknown = {name for name in env if name.startswith("FLYWHEEL_")} - {
+            f"FLYWHEEL_{field.upper()}" for field in settings_fields(cls)
+        }
+        assert not unknown, f"{component}: {sorted(unknown)} are not {cls.__name__} settings"
+        for name in [n for n in os.environ if n.startswith("FLYWHEEL_")]:
+            monkeypatch.delenv(name)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        settings = cls()  # raises on a value the service would refuse at start-up
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert settings.port == ports["http"], component
+        assert settings.grpc_port == ports["grpc"], component
+        assert settings.host == "0.0.0.0" and str(settings.data_dir) == "/data"
+        assert settings.env == ("production" if overlay == "prod" else "local")
+        models[component] = getattr(settings, "model", None)
+        fractions.add(settings.canary_fraction)
+    # The trainer's adapters are trained on its base model: serving must load the same one.
+    assert models["serving"] == models["trainer"] == "/opt/models/SmolLM2-135M-Instruct"
+    # Serving's receiver and the trainer's roll-out controller start from the same canary fraction.
+    assert len(fractions) == 1
+
+
+@overlays()
+def test_every_referenced_config_map_and_claim_exists(rendered, overlay):
+    objects = rendered[overlay]
+    for component in WORKLOADS:
+        spec = pod_spec(objects, component)
+        for container in spec["containers"] + spec.get("initContainers", []):
+            for source in container.get("envFrom", []):
+                assert find(objects, "ConfigMap", source["configMapRef"]["name"])
+        for volume in spec.get("volumes", []):
+            if "persistentVolumeClaim" in volume:
+                assert find(objects, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+
+
+# -- network policies, monitoring, disruption budgets
+
+
+def allowed_ports(objects, labels: dict, direction: str) -> set[int]:
+    ports = set()
+    for policy in find(objects, "NetworkPolicy"):
+        if direction.capitalize() in policy["spec"]["policyTypes"] and matches(policy["spec"]["podSelector"], labels):
+            for rule in policy["spec"].get(direction, []):
+                ports |= {p["port"] for p in rule.get("ports", [])}
+    return ports
+
+
+@overlays()
+def test_network_policies_deny_by_default_and_open_only_the_service_ports(rendered, overlay):
+    objects = rendered[overlay]
+    deny = one(objects, "NetworkPolicy", "flywheel-default-deny")
+    assert deny["spec"]["policyTypes"] == ["Ingress", "Egress"] and "ingress" not in deny["spec"]
+    for component in WORKLOADS:
+        labels = one(objects, *WORKLOADS[component])["spec"]["template"]["metadata"]["labels"]
+        assert matches(deny["spec"]["podSelector"], labels), component
+        container_ports = {p["containerPort"] for p in main_container(objects, component)["ports"]}
+        assert allowed_ports(objects, labels, "ingress") == container_ports, component
+        assert allowed_ports(objects, labels, "egress") == {53, 9092}, component
+
+
+@overlays()
+def test_every_service_has_a_service_monitor_on_its_metrics_port(rendered, overlay):
+    objects = rendered[overlay]
+    monitors = find(objects, "ServiceMonitor")
+    for service in find(objects, "Service"):
+        (monitor,) = [m for m in monitors if matches(m["spec"]["selector"], service["metadata"]["labels"])]
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert endpoint["path"] == "/metrics"
+        assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert len(monitors) == len(find(objects, "Service")) == 3
+
+
+def test_prod_has_disruption_budgets_for_serving_and_feedback(rendered):
+    objects = rendered["prod"]
+    budgets = find(objects, "PodDisruptionBudget")
+    for component in ("serving", "feedback"):
+        labels = one(objects, *WORKLOADS[component])["spec"]["template"]["metadata"]["labels"]
+        (budget,) = [b for b in budgets if matches(b["spec"]["selector"], labels)]
+        assert budget["spec"]["maxUnavailable"] == 1
+    assert not find(rendered["dev"], "PodDisruptionBudget")
+
+
+@overlays()
+def test_the_dashboard_config_map_is_the_dashboard_file(rendered, overlay):
+    (dashboard,) = [m for m in find(rendered[overlay], "ConfigMap") if "flywheel.json" in m.get("data", {})]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    source = (ROOT / "k8s/base/monitoring/dashboards/flywheel.json").read_text()
+    assert json.loads(dashboard["data"]["flywheel.json"]) == json.loads(source)
