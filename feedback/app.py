@@ -36,9 +36,11 @@ def build_app(settings: FeedbackSettings, start_grpc: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        retention_s = settings.outbox_retention_hours * 3600
         relay = RelayProcess(
-            settings.outbox_path, settings.kafka_bootstrap, settings.relay_batch, settings.outbox_retention_hours * 3600
-        )
+            settings.outbox_path, settings.kafka_bootstrap, settings.relay_batch, retention_s,
+            manage_topics=settings.create_topics,
+        )  # fmt: skip
         metrics.watch_relay(relay.stats)
         outbox = Outbox(
             settings.outbox_path,

@@ -70,8 +70,10 @@ class Relay:
         producer_factory: Callable[[str], KafkaProducer] = make_producer,
         backoff_s: float = 0.5,
         linger_s: float = 0.05,
+        manage_topics: bool = True,
     ) -> None:
         self.ledger = ledger
+        self.manage_topics = manage_topics
         self.bootstrap = bootstrap
         self.stats = stats
         self.batch = batch
@@ -131,7 +133,8 @@ class Relay:
 
     def _producer_or_connect(self) -> KafkaProducer:
         if self._producer is None:
-            created = create_topics(self.bootstrap, timeout_s=5)  # the local broker forgets topics on restart
+            # The local broker forgets topics on restart; a managed Kafka (Strimzi) owns them instead.
+            created = create_topics(self.bootstrap, timeout_s=5) if self.manage_topics else []
             self._producer = self._producer_factory(self.bootstrap)
             if TOPIC_FEEDBACK in created and self._high_offsets:
                 self._high_offsets = {}  # a new topic starts again at offset 0
@@ -169,7 +172,7 @@ class Relay:
 
 
 def _relay_main(outbox_path: str, bootstrap: str, batch: int, retention_s: float, stats: RelayStats,
-                wake, parent_pid: int) -> None:  # fmt: skip
+                wake, parent_pid: int, manage_topics: bool = True) -> None:  # fmt: skip
     """Entry point of the relay process. SIGTERM (from the service, or its process group) stops it."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
@@ -199,7 +202,8 @@ def _relay_main(outbox_path: str, bootstrap: str, batch: int, retention_s: float
                     wake.recv_bytes()
 
         try:
-            Relay(ledger, bootstrap, stats, batch, retention_s).run(should_stop, wait_for_events)
+            relay = Relay(ledger, bootstrap, stats, batch, retention_s, manage_topics=manage_topics)
+            relay.run(should_stop, wait_for_events)
         finally:
             ledger.close()
 
@@ -207,14 +211,16 @@ def _relay_main(outbox_path: str, bootstrap: str, batch: int, retention_s: float
 class RelayProcess:
     """The service's handle on its relay child process."""
 
-    def __init__(self, outbox_path: Path, bootstrap: str, batch: int, retention_s: float) -> None:
+    def __init__(
+        self, outbox_path: Path, bootstrap: str, batch: int, retention_s: float, manage_topics: bool = True
+    ) -> None:
         context = multiprocessing.get_context("spawn")
         self.stats = RelayStats()
         wake_reader, self._wake = context.Pipe(duplex=False)
         os.set_blocking(self._wake.fileno(), False)  # waking never blocks the service
         self._process = context.Process(
             target=_relay_main,
-            args=(str(outbox_path), bootstrap, batch, retention_s, self.stats, wake_reader, os.getpid()),
+            args=(str(outbox_path), bootstrap, batch, retention_s, self.stats, wake_reader, os.getpid(), manage_topics),
             name="feedback-relay",
             daemon=True,
         )

@@ -41,6 +41,9 @@ class CommonSettings(BaseSettings):
     )
     allow_anonymous: bool = Field(True, description="Serve requests without a known API key under an anonymous id.")
     admin_key: str = Field(PLACEHOLDER_SECRET, description="Bearer key for admin routes and the control plane.")
+    create_topics: bool = Field(
+        True, description="Create missing topics (the local broker); off where the cluster's Kafka owns them."
+    )
     canary_fraction: float = Field(
         0.5, ge=0.0, le=1.0, description="Share of users a new version reaches as canary (until a decision sets it)."
     )
