@@ -220,7 +220,7 @@ def cmd_rm_eval(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from flywheel.models import resolve_model
-    from flywheel.settings import ServingSettings
+    from flywheel.settings import PLACEHOLDER_SECRET, ServingSettings
     from flywheel.supervisor import Child, Supervisor, http_ready, python_cli, tcp_ready
 
     settings = ServingSettings(**_overrides(args, ["model", "data_dir"]))
@@ -233,8 +233,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     env = {
         "FLYWHEEL_DATA_DIR": str(data_dir),
         "FLYWHEEL_KAFKA_BOOTSTRAP": kafka,
-        # The chat page (served by serving) calls feedback from the browser: each must know the other.
+        # The pages (served by serving) call feedback and the trainer from the browser: serving must
+        # know where they are, and they must allow serving's origin (CORS).
         "FLYWHEEL_FEEDBACK_PUBLIC_URL": feedback_url,
+        "FLYWHEEL_TRAINER_PUBLIC_URL": trainer_url,
         "FLYWHEEL_CORS_ORIGINS": f"{serving_url},http://localhost:{args.serving_port}",
     }
     children = [
@@ -272,9 +274,16 @@ def cmd_up(args: argparse.Namespace) -> int:
         ),
     ]
 
+    admin_key_hint = (
+        f"admin key: {PLACEHOLDER_SECRET!r}, the local placeholder; set FLYWHEEL_ADMIN_KEY to change it"
+        if settings.admin_key == PLACEHOLDER_SECRET
+        else "admin key: the value of FLYWHEEL_ADMIN_KEY"
+    )
+
     def announce() -> None:
         print(  # noqa: T201
             f"\nFlywheel is up.\n  chat page:     {serving_url}/\n"
+            f"  operator page: {serving_url}/ops ({admin_key_hint})\n"
             f"  chat API:      {serving_url}/v1/chat/completions\n"
             f"  feedback API:  {feedback_url}/v1/feedback, /v1/comparisons (gRPC 127.0.0.1:{args.feedback_grpc_port})\n"
             f"  trainer:       {trainer_url}/status (flywheel status; gRPC 127.0.0.1:{args.trainer_grpc_port})\n"

@@ -1,7 +1,9 @@
-"""The chat page at `/`: its static files and the configuration it reads. No logic here.
+"""The chat page at `/` and the operator page at `/ops`: static files and the configuration they read.
 
-The page is plain HTML, CSS and JavaScript under serving/static/ (no build step). It calls the
-chat API on this origin and the feedback service, a separate process, at `feedback_public_url`.
+The pages are plain HTML, CSS and JavaScript under serving/static/ (no build step). The chat page
+calls the chat API on this origin and the feedback service, a separate process, at
+`feedback_public_url`; the operator page calls the roll-out API here and the trainer at
+`trainer_public_url`.
 """
 
 from __future__ import annotations
@@ -26,16 +28,17 @@ _NO_CACHE = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
 
 class PageConfig(BaseModel):
     feedback_url: str
+    trainer_url: str
     model: str
     anonymous: bool
 
 
-def _page_headers(feedback_url: str) -> dict[str, str]:
+def _page_headers(other_service_url: str) -> dict[str, str]:
     # Model output is only ever set as text; the policy is a second line of defence against injection.
-    parts = urlsplit(feedback_url)
-    feedback_origin = f"{parts.scheme}://{parts.netloc}"
+    parts = urlsplit(other_service_url)
+    other_origin = f"{parts.scheme}://{parts.netloc}"
     policy = (
-        f"default-src 'self'; connect-src 'self' {feedback_origin}; img-src 'self' data:; "
+        f"default-src 'self'; connect-src 'self' {other_origin}; img-src 'self' data:; "
         "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
     )
     return {**_NO_CACHE, "Content-Security-Policy": policy, "Referrer-Policy": "no-referrer"}
@@ -49,11 +52,20 @@ async def chat_page(request: Request) -> FileResponse:
     )
 
 
+@router.get("/ops", include_in_schema=False)
+async def ops_page(request: Request) -> FileResponse:
+    settings = request.app.state.settings
+    return FileResponse(
+        STATIC_DIR / "ops.html", media_type="text/html", headers=_page_headers(settings.trainer_public_url)
+    )
+
+
 @router.get("/config.json", response_model=PageConfig, include_in_schema=False)
 async def page_config(request: Request) -> PageConfig:
     settings = request.app.state.settings
     return PageConfig(
         feedback_url=settings.feedback_public_url.rstrip("/"),
+        trainer_url=settings.trainer_public_url.rstrip("/"),
         model=settings.served_model_name,
         anonymous=settings.allow_anonymous,
     )
