@@ -352,7 +352,7 @@ class PolicyReceiver:
         described = [self._describe(self.settings.policy_version, self.router.role(self.settings.policy_version))]
         for manifest in self.store.versions():
             v = manifest.version
-            if v in self.router.loaded:
+            if v in self.router.loaded and (self.router.role(v) != "loaded" or v not in self.state.retired):
                 role = self.router.role(v)
             elif v in self.refused:
                 role = "refused"
