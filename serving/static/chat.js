@@ -3,9 +3,9 @@
 // HTML, so nothing a model writes can run in the page.
 
 import { ServiceError, loadConfig, probe, sendComparison, sendThumbs, streamChat } from "./api.js";
+import { KeyPanel } from "./keys.js";
 
 const DIMENSIONS = ["helpfulness", "accuracy", "safety", "tone"];
-const KEY_STORAGE = "flywheel.apiKey";
 const HEALTH_INTERVAL_MS = 10_000;
 const FINISH_NOTES = { length: "cut at the length limit", abort: "stopped" };
 
@@ -18,8 +18,14 @@ const state = {
 
 const byId = (id) => document.getElementById(id);
 const fromTemplate = (id) => byId(id).content.firstElementChild.cloneNode(true);
-const apiKey = () => sessionStorage.getItem(KEY_STORAGE) || "";
 const compareMode = () => document.querySelector('input[name="mode"]:checked').value === "compare";
+
+function describeKey(key) {
+  if (key) return `Using the key ending in …${key.slice(-4)} for this tab.`;
+  return state.config && !state.config.anonymous ? "This server needs an API key." : "No key: you chat anonymously.";
+}
+
+const apiKey = new KeyPanel("flywheel.apiKey", describeKey);
 
 // -- service status: the pills in the header and the banner under it
 
@@ -159,7 +165,7 @@ function attachRating(answer, result, index) {
     form.dataset.state = "sending";
     status.textContent = "Sending…";
     try {
-      const accepted = await sendThumbs(state.config.feedback_url, collectThumbs(form, result, index, rating), apiKey());
+      const accepted = await sendThumbs(state.config.feedback_url, collectThumbs(form, result, index, rating), apiKey.value);
       setService("feedback", "up");
       form.dataset.state = "sent";
       status.textContent = accepted.duplicate ? "Already recorded." : "Thanks, recorded.";
@@ -196,7 +202,7 @@ function attachVerdict(comparison, answers, result) {
     form.dataset.state = "sending";
     status.textContent = "Sending…";
     try {
-      const accepted = await sendComparison(state.config.feedback_url, body, apiKey());
+      const accepted = await sendComparison(state.config.feedback_url, body, apiKey.value);
       setService("feedback", "up");
       form.dataset.state = "sent";
       answers.forEach((answer, index) => answer.classList.toggle("preferred", pick !== "tie" && index === preferred));
@@ -251,7 +257,7 @@ async function ask(prompt) {
     const result = await streamChat({
       messages,
       n,
-      apiKey: apiKey(),
+      apiKey: apiKey.value,
       signal: controller.signal,
       onUpdate: (partial) => {
         answers.forEach((answer, index) => showChoice(answer, partial.choices[index], partial));
@@ -273,7 +279,7 @@ async function ask(prompt) {
   } catch (error) {
     noteFailure(error);
     answers.forEach((answer) => failAnswer(answer, error.message));
-    if (error.status === 401) byId("key-panel").open = true; // this server wants a key: show where it goes
+    if (error.status === 401) apiKey.open(); // this server wants a key: show where it goes
     byId("prompt").value ||= prompt; // the question is not lost: send it again when the service is back
   } finally {
     state.abort = null;
@@ -283,29 +289,6 @@ async function ask(prompt) {
 }
 
 // -- wiring
-
-function showKeyState() {
-  const key = apiKey();
-  byId("key-state").textContent = key
-    ? `Using the key ending in …${key.slice(-4)} for this tab.`
-    : state.config && !state.config.anonymous
-      ? "This server needs an API key."
-      : "No key: you chat anonymously.";
-}
-
-function wireKeyPanel() {
-  byId("key-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const key = byId("key-input").value.trim();
-    if (key) sessionStorage.setItem(KEY_STORAGE, key);
-    byId("key-input").value = "";
-    showKeyState();
-  });
-  byId("key-forget").addEventListener("click", () => {
-    sessionStorage.removeItem(KEY_STORAGE);
-    showKeyState();
-  });
-}
 
 function wireComposer() {
   const prompt = byId("prompt");
@@ -333,7 +316,6 @@ function wireComposer() {
 }
 
 async function start() {
-  wireKeyPanel();
   wireComposer();
   try {
     state.config = await loadConfig();
@@ -343,8 +325,8 @@ async function start() {
     byId("banner").hidden = false;
     return;
   }
-  if (!state.config.anonymous && !apiKey()) byId("key-panel").open = true;
-  showKeyState();
+  if (!state.config.anonymous && !apiKey.value) apiKey.open();
+  apiKey.showState();
   await checkServices();
   setInterval(checkServices, HEALTH_INTERVAL_MS);
   document.body.dataset.ready = "true";

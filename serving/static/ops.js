@@ -5,8 +5,8 @@
 
 import { OpsError, loadConfig, policyAction, policyStatus, policyVersions, trainerHistory } from "./ops.api.js";
 import { emptyChart, lineChart, niceTicks, stripChart } from "./ops.charts.js";
+import { KeyPanel } from "./keys.js";
 
-const KEY_STORAGE = "flywheel.adminKey";
 const REFRESH_MS = 5_000;
 const ROUNDS_SHOWN = 25;
 const PALETTE = ["#2457c5", "#d9480f", "#1f7a4d", "#862e9c", "#c2255c", "#0b7285", "#5c940d", "#e67700", "#495057"];
@@ -33,7 +33,6 @@ const state = {
 };
 
 const byId = (id) => document.getElementById(id);
-const adminKey = () => sessionStorage.getItem(KEY_STORAGE) || "";
 
 // -- formatting
 
@@ -104,25 +103,11 @@ function noteFailure(error) {
 
 // -- the admin key
 
-function showKeyState() {
-  byId("key-state").textContent = adminKey()
+const adminKey = new KeyPanel("flywheel.adminKey", (key) =>
+  key
     ? "An admin key is set for this tab: promote, roll back and the canary share will use it."
-    : "No admin key: this page is read-only until you paste one.";
-}
-
-function wireKeyPanel() {
-  byId("key-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const key = byId("key-input").value.trim();
-    if (key) sessionStorage.setItem(KEY_STORAGE, key);
-    byId("key-input").value = "";
-    showKeyState();
-  });
-  byId("key-forget").addEventListener("click", () => {
-    sessionStorage.removeItem(KEY_STORAGE);
-    showKeyState();
-  });
-}
+    : "No admin key: this page is read-only until you paste one.",
+);
 
 // -- operators' actions
 
@@ -139,10 +124,10 @@ function setBusy(busy) {
 }
 
 async function act(action, body, question) {
-  const key = adminKey();
+  const key = adminKey.value;
   if (!key) {
     showAction("error", "Paste the admin key first (under “Admin key”): roll-out changes need it.");
-    byId("key-panel").open = true;
+    adminKey.open();
     return;
   }
   if (question && !window.confirm(question)) return;
@@ -154,9 +139,8 @@ async function act(action, body, question) {
   } catch (error) {
     showAction("error", error.message);
     if (error.status === 401) {
-      sessionStorage.removeItem(KEY_STORAGE); // refused: don't keep sending it
-      showKeyState();
-      byId("key-panel").open = true;
+      adminKey.forget(); // refused: don't keep sending it
+      adminKey.open();
     }
     if (error instanceof OpsError && error.status === 0) noteFailure(error);
   } finally {
@@ -385,8 +369,38 @@ function renderFeedback() {
         `versions${across ? "" : " (each compared two answers of one version, so none is a head-to-head result)"}.`;
 }
 
-function roundSeries(rounds, specs) {
-  return specs.map(([key, name, color, dashed]) => ({
+// The charts of the trainer's round metrics; each line is [metric, name, colour, dashed].
+const ROUND_CHARTS = {
+  "chart-accuracy": {
+    label: "Reward model held-out pairwise accuracy per round",
+    yDomain: [0, 1],
+    yFormat: percent,
+    lines: [
+      ["reward_accuracy", "new reward model", PALETTE[0], false],
+      ["reward_accuracy_previous", "previous reward model", PALETTE[8], true],
+    ],
+  },
+  "chart-reward": {
+    label: "Reward per round",
+    yFormat: (y) => number(y, 2),
+    lines: [
+      ["eval_new_mean_reward", "held-out: new policy", PALETTE[2], false],
+      ["eval_parent_mean_reward", "held-out: parent", PALETTE[8], true],
+      ["ppo_score_last", "PPO score, last step", PALETTE[1], false],
+    ],
+  },
+  "chart-kl": {
+    label: "KL to the reference policy per round",
+    yFormat: (y) => number(y, 2),
+    lines: [
+      ["eval_new_mean_kl", "held-out: new policy", PALETTE[3], false],
+      ["ppo_kl", "PPO, last step", PALETTE[1], true],
+    ],
+  },
+};
+
+function roundSeries(rounds, lines) {
+  return lines.map(([key, name, color, dashed]) => ({
     name,
     color,
     dashed,
@@ -399,7 +413,7 @@ function roundSeries(rounds, specs) {
 function renderRounds() {
   const history = state.history;
   byId("rounds").dataset.stale = String(Boolean(state.problems.trainer));
-  const charts = ["chart-outcomes", "chart-accuracy", "chart-reward", "chart-kl"];
+  const charts = ["chart-outcomes", ...Object.keys(ROUND_CHARTS)];
   if (!history) {
     for (const id of charts) emptyChart(byId(id), "The trainer can't be reached.");
     delete state.drawn.rounds;
@@ -424,35 +438,9 @@ function renderRounds() {
       title: `round ${r.round}: ${r.outcome}${r.version ? ` → ${r.version}` : ""}${r.reason ? ` (${r.reason})` : ""}`,
     })),
   });
-  lineChart(byId("chart-accuracy"), {
-    label: "Reward model held-out pairwise accuracy per round",
-    yDomain: [0, 1],
-    yFormat: percent,
-    ...roundAxis,
-    series: roundSeries(rounds, [
-      ["reward_accuracy", "new reward model", PALETTE[0], false],
-      ["reward_accuracy_previous", "previous reward model", PALETTE[8], true],
-    ]),
-  });
-  lineChart(byId("chart-reward"), {
-    label: "Reward per round",
-    yFormat: (y) => number(y, 2),
-    ...roundAxis,
-    series: roundSeries(rounds, [
-      ["eval_new_mean_reward", "held-out: new policy", PALETTE[2], false],
-      ["eval_parent_mean_reward", "held-out: parent", PALETTE[8], true],
-      ["ppo_score_last", "PPO score, last step", PALETTE[1], false],
-    ]),
-  });
-  lineChart(byId("chart-kl"), {
-    label: "KL to the reference policy per round",
-    yFormat: (y) => number(y, 2),
-    ...roundAxis,
-    series: roundSeries(rounds, [
-      ["eval_new_mean_kl", "held-out: new policy", PALETTE[3], false],
-      ["ppo_kl", "PPO, last step", PALETTE[1], true],
-    ]),
-  });
+  for (const [id, { lines, ...chart }] of Object.entries(ROUND_CHARTS)) {
+    lineChart(byId(id), { ...chart, ...roundAxis, series: roundSeries(rounds, lines) });
+  }
 
   const rows = rounds
     .slice(-ROUNDS_SHOWN)
@@ -562,9 +550,8 @@ function schedule() {
 }
 
 async function start() {
-  wireKeyPanel();
   wireActions();
-  showKeyState();
+  adminKey.showState();
   byId("auto-refresh").addEventListener("change", () => {
     schedule();
     if (byId("auto-refresh").checked) refresh();

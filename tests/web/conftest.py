@@ -40,14 +40,20 @@ CHROMIUM_ARGS = [
 
 
 @dataclass
-class ChatStack:
+class PageStack:
+    """Serving, which serves a page, and the trainer, whose dataset keeps what the page sent."""
+
     serving_url: str
-    feedback: FeedbackServer
     trainer: TrainerProcess
 
     @property
     def dataset_path(self) -> Path:
         return Path(self.trainer.env["FLYWHEEL_DATA_DIR"]) / "trainer" / "dataset.sqlite"
+
+
+@dataclass
+class ChatStack(PageStack):
+    feedback: FeedbackServer
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +73,7 @@ def chat_stack(tiny_model: Path, broker: Broker, tmp_path_factory: pytest.TempPa
         # Rounds off: this stack only checks that the page's events reach the trainer's store.
         trainer = start_trainer(tmp, broker.bootstrap, tiny_model, FLYWHEEL_ROUNDS__MIN_NEW_FEEDBACK="1000000")
         wait_ready(serving_url, serving, log_path)
-        yield ChatStack(serving_url, feedback, trainer)
+        yield ChatStack(serving_url=serving_url, trainer=trainer, feedback=feedback)
     finally:
         stop_process(serving)
         stop_process(feedback.process)

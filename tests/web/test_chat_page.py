@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
-from playwright.sync_api import Page, Route, expect
+from playwright.sync_api import Locator, Page, Route, expect
 
 from tests.conftest import TEST_API_KEY, TEST_USER
 from trainer.dataset import DatasetStore
@@ -22,7 +23,10 @@ pytestmark = pytest.mark.engine
 EVENT_DEADLINE_S = 60
 
 
-def open_chat(page: Page, url: str) -> None:
+def open_chat(page: Page, url: str, chat_api: Callable[[Route], None] | None = None) -> None:
+    """Open the page; with `chat_api`, that handler answers the page's chat requests instead of serving."""
+    if chat_api is not None:
+        page.route("**/v1/chat/completions", chat_api)
     page.goto(url)
     expect(page.locator("body")).to_have_attribute("data-ready", "true")
 
@@ -30,6 +34,14 @@ def open_chat(page: Page, url: str) -> None:
 def ask(page: Page, text: str) -> None:
     page.get_by_label("Message").fill(text)
     page.get_by_role("button", name="Send", exact=True).click()
+
+
+def answer_to(page: Page, text: str, state: str = "done") -> Locator:
+    """Ask the one question of a fresh page; its answer once it is in `state` ("done" or "error")."""
+    ask(page, text)
+    answer = page.locator("article.answer")
+    expect(answer).to_have_attribute("data-state", state)
+    return answer
 
 
 def count_answer_updates(page: Page) -> None:
@@ -174,12 +186,8 @@ def test_model_output_that_looks_like_html_is_shown_as_text(page: Page, chat_sta
         body = sse(chunk(HOSTILE[:20], feedback_token="fw1.t"), chunk(HOSTILE[20:], finish_reason="stop"))
         route.fulfill(status=200, headers={"content-type": "text/event-stream"}, body=body)
 
-    page.route("**/v1/chat/completions", hostile_answer)
-    open_chat(page, chat_stack.serving_url)
-    ask(page, "<i>my own</i> markup")
-
-    answer = page.locator("article.answer")
-    expect(answer).to_have_attribute("data-state", "done")
+    open_chat(page, chat_stack.serving_url, chat_api=hostile_answer)
+    answer = answer_to(page, "<i>my own</i> markup")
     expect(answer.locator(".answer-text")).to_have_text(HOSTILE)
     expect(page.locator(".user-text")).to_have_text("<i>my own</i> markup")
     expect(answer.locator(".policy")).to_have_text("policy v-html")
@@ -204,11 +212,8 @@ def test_a_failed_chat_request_says_why_and_keeps_the_question(page: Page, chat_
             error = {"message": "the model is still loading", "type": "service_unavailable", "code": "not_ready"}
             route.fulfill(status=503, json={"error": error})
 
-    page.route("**/v1/chat/completions", fail)
-    open_chat(page, chat_stack.serving_url)
-    ask(page, "Are you there?")
-    answer = page.locator("article.answer")
-    expect(answer).to_have_attribute("data-state", "error")
+    open_chat(page, chat_stack.serving_url, chat_api=fail)
+    answer = answer_to(page, "Are you there?", state="error")
     expect(answer.locator(".answer-error")).to_have_text(message)
     expect(page.get_by_label("Message")).to_have_value("Are you there?")
     expect(answer.locator(".rating")).to_have_count(0)
@@ -222,9 +227,7 @@ def test_the_page_says_when_the_feedback_service_is_down(page: Page, chat_stack)
         expect(page.locator("#service-feedback")).to_have_attribute("data-state", "down")
         expect(page.get_by_role("alert").first).to_contain_text("The feedback service can't be reached")
 
-        ask(page, "Still here?")  # chatting still works
-        answer = page.locator("article.answer")
-        expect(answer).to_have_attribute("data-state", "done")
+        answer = answer_to(page, "Still here?")  # chatting still works
         answer.get_by_role("button", name="Thumbs up").click()
         answer.get_by_role("button", name="Send feedback").click()
         expect(answer.locator(".rating")).to_have_attribute("data-state", "error")
@@ -244,7 +247,8 @@ def test_the_page_config_names_the_feedback_service_and_feedback_allows_the_page
     page = httpx.get(f"{serving}/", timeout=10)
     assert page.headers["content-type"].startswith("text/html")
     assert f"connect-src 'self' {feedback};" in page.headers["content-security-policy"]
-    assert httpx.get(f"{serving}/static/chat.js", timeout=10).headers["content-type"].startswith("text/javascript")
+    for name, media_type in (("chat.js", "text/javascript"), ("keys.js", "text/javascript"), ("base.css", "text/css")):
+        assert httpx.get(f"{serving}/static/{name}", timeout=10).headers["content-type"].startswith(media_type)
     for missing in ("nothing.js", "..%2Fapi%2Fpages.py", "chat.html%00.js"):
         assert httpx.get(f"{serving}/static/{missing}", timeout=10).status_code == 404
 

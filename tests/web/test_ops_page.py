@@ -28,6 +28,7 @@ from tests.conftest import ADMIN_KEY, free_port, serving_env, start_process, sto
 from tests.serving.versions import announce, make_lora_version
 from tests.trainer.conftest import TrainerProcess, fast_env
 from tests.trainer.synthetic import completion, feedback
+from tests.web.conftest import PageStack
 from trainer.dataset import DatasetStore
 
 pytestmark = pytest.mark.engine
@@ -37,17 +38,11 @@ PAGE_DEADLINE_MS = 30_000  # the page refreshes every 5 s
 
 
 @dataclass
-class OpsStack:
-    serving_url: str
+class OpsStack(PageStack):
     serving: subprocess.Popen
     serving_log: Path
-    trainer: TrainerProcess
     store: ModelStore
     bootstrap: str
-
-    @property
-    def dataset_path(self) -> Path:
-        return Path(self.trainer.env["FLYWHEEL_DATA_DIR"]) / "trainer" / "dataset.sqlite"
 
     def policy(self) -> dict:
         return httpx.get(f"{self.serving_url}/v1/policy", timeout=10).json()
@@ -86,7 +81,14 @@ def ops_stack(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Ops
         trainer.restart()  # starts it; serving loads its engine meanwhile
         wait_ready(serving_url, serving, serving_log)
         store = ModelStore(Path(env["FLYWHEEL_DATA_DIR"]) / "store")
-        yield OpsStack(serving_url, serving, serving_log, trainer, store, broker.bootstrap)
+        yield OpsStack(
+            serving_url=serving_url,
+            trainer=trainer,
+            serving=serving,
+            serving_log=serving_log,
+            store=store,
+            bootstrap=broker.bootstrap,
+        )
     finally:
         stop_process(serving)
         if trainer.process is not None:
@@ -184,7 +186,8 @@ def test_an_operator_promotes_a_canary_and_rolls_back_the_next_from_the_page(pag
     expect(version_row(page, "base").locator(".badge")).to_have_text("stable")
     row = version_row(page, "op-v1")
     expect(row.locator(".thumbs")).to_have_text("3/4 (75%)", timeout=PAGE_DEADLINE_MS)  # once the trainer has them
-    expect(row.locator(".wins")).to_have_text("1\u20130\u20130")  # wins, losses, ties
+    # wins, losses, ties: the comparison is sent last and may reach the trainer a refresh after the thumbs
+    expect(row.locator(".wins")).to_have_text("1\u20130\u20130", timeout=PAGE_DEADLINE_MS)
     expect(version_row(page, "base").locator(".thumbs")).to_have_text("1/2 (50%)")
     expect(page.locator("#comparisons-note")).to_contain_text("1 between answers of different versions")
     uprate = page.locator("#chart-uprate svg")
