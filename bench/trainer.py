@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import resource
 import sys
 import tempfile
@@ -54,6 +55,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="flywheel-bench-") as tmp:
             settings = TrainerSettings(data_dir=Path(tmp), kafka_bootstrap=broker.bootstrap)
             service = TrainerService(settings, model)
+            load_before = os.getloadavg()
             started = time.monotonic()
             service.catch_up()
             ingest_s = time.monotonic() - started
@@ -83,9 +85,12 @@ def main() -> int:
         "evaluation": {k: v for k, v in metrics.items() if k.startswith("eval_")},
         "feedback_to_policy_seconds": metrics.get("feedback_to_policy_seconds"),
         "peak_rss_gib": peak_rss_gib,
+        # Other work on this 2-core machine slows a round down: the load averages (1, 5, 15 min) around it.
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
         "ratios": {"round_over_target": round_s / TARGET_ROUND_S},
         "targets": {"round_seconds": TARGET_ROUND_S},
-        "meets_targets": round_s <= TARGET_ROUND_S and result.outcome != "failed",
+        "meets_targets": round_s <= TARGET_ROUND_S and result.outcome == "published",
     }
     text = json.dumps(report, indent=2)
     print(text)

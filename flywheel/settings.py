@@ -189,8 +189,9 @@ class PPOSection(BaseModel):
     mini_batches: int = Field(2, description="Minibatches per rollout batch.")
     epochs: int = Field(2, description="PPO epochs over each rollout batch.")
     response_length: int = Field(64, description="Most tokens a rollout response may have.")
-    learning_rate: float = Field(1e-4, description="AdamW learning rate (policy LoRA and value head).")
+    learning_rate: float = Field(5e-4, description="AdamW learning rate, constant (policy LoRA and value head).")
     kl_coef: float = Field(0.05, description="β: per-token KL penalty to the reference, folded into the reward.")
+    gae_lambda: float = Field(1.0, description="GAE lambda (gamma is 1); 1 gives every token the answer's final score.")
     temperature: float = Field(0.7, description="Sampling temperature of the rollouts.")
     missing_eos_penalty: float = Field(1.0, description="Score subtracted from a response that never ends.")
     lora_rank: int = Field(16, description="LoRA rank of the policy adapter.")
@@ -202,10 +203,13 @@ class PPOSection(BaseModel):
 class GateSection(BaseModel):
     """What a round must show before its policy is published."""
 
-    eval_prompts: int = Field(16, description="Held-out prompts the evaluation generates for.")
-    min_reward_gain: float = Field(0.0, description="Mean reward must rise by more than this over the parent.")
-    kl_budget: float = Field(8.0, description="Largest mean sequence KL(policy ‖ reference) in nats.")
-    length_band: float = Field(2.0, description="Mean answer length must stay within [1/x, x] of the reference's.")
+    eval_prompts: int = Field(32, description="Held-out prompts the evaluation generates for.")
+    eval_samples: int = Field(4, description="Answers sampled per held-out prompt (same seeds for every policy).")
+    min_reward_gain: float = Field(0.0, description="Mean per-prompt reward gain over the parent must exceed this.")
+    min_gain_stderrs: float = Field(2.0, description="...and exceed this many standard errors of the per-prompt gains.")
+    kl_budget: float = Field(15.0, description="Largest mean sequence KL(policy ‖ reference) in nats.")
+    length_band: float = Field(2.0, description="Mean answer length may grow to at most x times the reference's.")
+    min_length_ratio: float = Field(0.125, description="...and shrink to no less than x times it (no blanks).")
 
 
 class RolloutSection(BaseModel):

@@ -38,6 +38,7 @@ from trainer.records import (
 
 log = logging.getLogger(__name__)
 
+
 class DatasetStore:
     """SQLite in WAL mode; one connection guarded by a lock (ingestion and rounds share it)."""
 

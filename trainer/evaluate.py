@@ -18,21 +18,30 @@ from flywheel.settings import GateSection, RewardSection
 from trainer.pairs import Messages
 from trainer.reward import RewardModel
 
+EVAL_BATCH = 16  # answers generated and scored together; the logits of a batch are held in fp32
+
 
 @dataclass(frozen=True)
 class PolicyMeasure:
-    mean_reward: float
+    prompt_rewards: tuple[float, ...]  # mean reward of each held-out prompt's answers, in prompt order
     mean_kl: float
     mean_length: float
+    ended: float = float("nan")  # share of answers that ended within the length limit
+
+    @property
+    def mean_reward(self) -> float:
+        return sum(self.prompt_rewards) / len(self.prompt_rewards) if self.prompt_rewards else float("nan")
 
 
-def _sequence_logprobs(model, query_response: torch.Tensor, context: int, pad: int) -> torch.Tensor:
+def _sequence_logprobs(
+    model, query_response: torch.Tensor, context: int, pad: int, temperature: float = 1.0
+) -> torch.Tensor:  # fmt: skip
     mask = query_response != pad
     position_ids = (mask.cumsum(1) - mask.long()).clamp(min=0)
     logits = model(input_ids=query_response, attention_mask=mask, position_ids=position_ids).logits
-    logits = logits[:, context - 1 : -1].float()
+    logits = logits[:, context - 1 : -1].float() / temperature
     response = query_response[:, context:]
-    return torch.log_softmax(logits, -1).gather(-1, response.unsqueeze(-1)).squeeze(-1)
+    return logits.gather(-1, response.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
 
 
 @dataclass
@@ -76,24 +85,47 @@ def measure_policy(
     prompts: Sequence[Messages],
     queries: Sequence[list[int]],
     response_length: int,
+    temperature: float = 1.0,
+    samples: int = 1,
     seed: int = 0,
 ) -> PolicyMeasure:
-    """Sample one answer per prompt (fixed seed), score it, measure KL to the reference and length.
+    """`samples` answers per prompt at `temperature`, scored; KL to the reference and length.
 
-    `policy` is a PeftModel; its reference is the same model with the adapter disabled.
+    Every policy a round compares is measured with the same prompts, batches and seeds, so their
+    per-prompt rewards can be compared pair by pair. `policy` is a PeftModel; its reference is the
+    same model with the adapter disabled. Answers cut at `response_length` are scored as if they ended.
     """
-    samples = sample_answers(policy, tokenizer, queries, response_length, 1.0, seed)
-    pad = tokenizer.pad_token_id
-    logp = _sequence_logprobs(policy, samples.query_response, samples.context, pad)
-    with policy.disable_adapter():
-        ref_logp = _sequence_logprobs(policy, samples.query_response, samples.context, pad)
-    kl = ((logp - ref_logp) * samples.valid).sum(1)
-    scores = reward.score(prompts, samples.answers)
+    rows = [(i, query) for i, query in enumerate(queries) for _ in range(samples)]
+    pad, scores, kls, lengths, ended = tokenizer.pad_token_id, [], [], [], []
+    for start in range(0, len(rows), EVAL_BATCH):
+        chunk = rows[start : start + EVAL_BATCH]
+        drawn = sample_answers(policy, tokenizer, [q for _, q in chunk], response_length, temperature, seed + start)
+        logp = _sequence_logprobs(policy, drawn.query_response, drawn.context, pad, temperature)
+        with policy.disable_adapter():
+            ref_logp = _sequence_logprobs(policy, drawn.query_response, drawn.context, pad, temperature)
+        kls += ((logp - ref_logp) * drawn.valid).sum(1).tolist()
+        lengths += drawn.valid.sum(1).tolist()
+        ended += (drawn.query_response[:, drawn.context :] == tokenizer.eos_token_id).any(1).tolist()
+        scores += reward.score([prompts[i] for i, _ in chunk], drawn.answers)
+    per_prompt = [sum(scores[i * samples : (i + 1) * samples]) / samples for i in range(len(queries))]
     return PolicyMeasure(
-        mean_reward=sum(scores) / len(scores),
-        mean_kl=float(kl.mean()),
-        mean_length=float(samples.valid.sum(1).float().mean()),
+        prompt_rewards=tuple(per_prompt),
+        mean_kl=sum(kls) / len(kls),
+        mean_length=sum(lengths) / len(lengths),
+        ended=sum(ended) / len(ended),
     )
+
+
+def reward_gain(new: PolicyMeasure, parent: PolicyMeasure) -> tuple[float, float]:
+    """Mean per-prompt gain of `new` over `parent` on the same prompts, and its standard error."""
+    gains = [a - b for a, b in zip(new.prompt_rewards, parent.prompt_rewards, strict=True)]
+    if not gains:
+        return float("nan"), float("nan")
+    mean = sum(gains) / len(gains)
+    if len(gains) < 2:
+        return mean, float("nan")  # no spread to measure: only a zero-noise gate (min_gain_stderrs=0) can pass
+    variance = sum((g - mean) ** 2 for g in gains) / (len(gains) - 1)
+    return mean, math.sqrt(variance / len(gains))
 
 
 def reward_model_gate(accuracy: float, previous_accuracy: float | None, config: RewardSection) -> str:
@@ -110,12 +142,17 @@ def reward_model_gate(accuracy: float, previous_accuracy: float | None, config: 
 def policy_gate(new: PolicyMeasure, parent: PolicyMeasure, reference: PolicyMeasure, config: GateSection) -> list[str]:
     """Every reason the new policy must not be published (empty when it passes)."""
     reasons = []
-    gain = new.mean_reward - parent.mean_reward
-    if not gain > config.min_reward_gain:
-        reasons.append(f"mean held-out reward did not rise: {new.mean_reward:.3f} vs parent {parent.mean_reward:.3f}")
+    gain, stderr = reward_gain(new, parent)
+    noise = config.min_gain_stderrs * stderr if config.min_gain_stderrs > 0 else 0.0
+    if not (gain > config.min_reward_gain and gain > noise):
+        reasons.append(
+            f"mean held-out reward did not rise beyond noise: {new.mean_reward:.3f} vs parent {parent.mean_reward:.3f}"
+            f" (gain {gain:.3f} ± {stderr:.3f} over {len(new.prompt_rewards)} prompts;"
+            f" needs > {config.min_reward_gain:g} and > {config.min_gain_stderrs:g} standard errors)"
+        )
     if not new.mean_kl <= config.kl_budget:
         reasons.append(f"KL to the reference {new.mean_kl:.2f} exceeds the budget {config.kl_budget:.2f}")
-    low, high = reference.mean_length / config.length_band, reference.mean_length * config.length_band
+    low, high = reference.mean_length * config.min_length_ratio, reference.mean_length * config.length_band
     if not low <= new.mean_length <= high:
         reasons.append(
             f"mean answer length {new.mean_length:.1f} left the band [{low:.1f}, {high:.1f}] around the reference's"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerBase, TrainerCallback
+from transformers.modeling_outputs import BaseModelOutput
 
 from flywheel.settings import PPOSection
 from trainer.pairs import Messages
@@ -73,6 +74,52 @@ def logprob_gap(policy, tokenizer: PreTrainedTokenizerBase, queries: Sequence[li
     return float((rollout - training).abs()[valid].mean())
 
 
+class EndOfTurnReward(torch.nn.Module):
+    """The reward model in the shape TRL's PPO reads it (`backbone`, then `score` at the answer's last token).
+
+    An answer cut at `response_length` is scored as if its turn ended there (an <|im_end|> appended), the
+    way the reward model was trained and the evaluation reads it. Read at a mid-sentence token instead,
+    the score is one the reward model never learned (about 0 where the same answers score -1.2 at their
+    end), and PPO optimised that rather than the users' preference. TRL's `missing_eos_penalty` still
+    applies to cut answers.
+    """
+
+    base_model_prefix = "backbone"
+
+    def __init__(self, model: torch.nn.Module, pad_token_id: int, eos_token_id: int) -> None:
+        super().__init__()
+        self.model = model  # a sequence classifier that pools at the last token that is not padding
+        self.pad, self.eos = pad_token_id, eos_token_id
+        self.score = torch.nn.Identity()  # `backbone` already gives the score
+
+    def backbone(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_) -> BaseModelOutput:
+        ids = torch.where(attention_mask.bool(), input_ids, self.pad)
+        ids = torch.cat([ids, torch.full_like(ids[:, :1], self.pad)], 1)
+        last = (torch.arange(ids.shape[1]) * (ids != self.pad)).argmax(1)
+        cut = ids[torch.arange(len(ids)), last] != self.eos
+        ids[cut, last[cut] + 1] = self.eos
+        scores = self.model(input_ids=ids, attention_mask=(ids != self.pad).long()).logits[:, :1].float()
+        # One score per position: TRL picks it at the answer's last token.
+        return BaseModelOutput(hidden_states=(scores.unsqueeze(1).expand(-1, input_ids.shape[1], -1),))
+
+
+def value_model_from(reward_model: torch.nn.Module) -> torch.nn.Module:
+    """The critic: the reward model's backbone with its head zeroed, training what the reward model trained.
+
+    InstructGPT starts the value head from the reward model, but ours was trained to read a dialogue at
+    its end only: read at every token of an answer it swings by ±0.7 (measured on the default model)
+    around a return of about -2, more than the differences between answers PPO should follow. A zero
+    head starts every value at 0, so the first advantages are the whitened returns; it learns from there.
+    The backbone keeps the reward model's features; only its LoRA (top layers) and the head train, so
+    the critic's backward pass stops at those layers.
+    """
+    value_model = copy.deepcopy(reward_model)
+    with torch.no_grad():
+        for param in value_model.score.parameters():
+            param.zero_()
+    return value_model
+
+
 class _CollectLogs(TrainerCallback):
     def __init__(self, report: Callable[[int, int, dict], None] | None) -> None:
         self.logs: list[dict] = []
@@ -125,9 +172,7 @@ def run_ppo(
             f"rollout and training logprobs disagree by {gap:.3f} on average (> {config.logprob_tolerance})"
         )
 
-    value_model = copy.deepcopy(reward.model)  # the value head starts from the reward model, as in InstructGPT
-    for param in value_model.parameters():
-        param.requires_grad_(True)
+    value_model = value_model_from(reward.model)
     for param in reward.model.parameters():
         param.requires_grad_(False)
     batch = min(config.batch_size, len(queries))
@@ -145,7 +190,10 @@ def run_ppo(
         stop_token="eos",
         missing_eos_penalty=config.missing_eos_penalty,
         kl_coef=config.kl_coef,
+        gamma=1.0,
+        lam=config.gae_lambda,
         learning_rate=config.learning_rate,
+        lr_scheduler_type="constant",  # a round is a few dozen updates; a linear decay would halve them
         num_sample_generations=0,
         bf16=True,
         use_cpu=True,
@@ -164,7 +212,7 @@ def run_ppo(
         processing_class=tokenizer,
         model=policy,
         ref_model=None,  # a PeftModel: the reference is the same weights with the adapter off
-        reward_model=reward.model,
+        reward_model=EndOfTurnReward(reward.model, tokenizer.pad_token_id, tokenizer.eos_token_id),
         train_dataset=dataset,
         eval_dataset=dataset.select(range(min(batch, len(dataset)))),
         value_model=value_model,

@@ -20,7 +20,7 @@ from flywheel.settings import TrainerSettings
 from flywheel.store import ModelStore
 from flywheel.v1 import events_pb2
 from trainer.dataset import DatasetStore
-from trainer.evaluate import measure_policy, policy_gate, reward_model_gate, sample_answers
+from trainer.evaluate import measure_policy, policy_gate, reward_gain, reward_model_gate, sample_answers
 from trainer.metrics import TrainerMetrics
 from trainer.pairs import Messages, PairSet, build_pairs, is_heldout
 from trainer.ppo import encode_prompts, load_policy, run_ppo
@@ -216,16 +216,22 @@ def run_round(ctx: RoundContext, reward_only: bool = False) -> RoundResult:
         with phases.phase("evaluate"):
             tokenizer = load_tokenizer(ctx.base_model)
             queries = encode_prompts(tokenizer, eval_prompts, 10**9)
-            args = (tokenizer, reward, eval_prompts, queries, settings.ppo.response_length, settings.seed)
+            # The same prompts, batches and seeds for every policy: their rewards compare prompt by prompt.
+            args = (tokenizer, reward, eval_prompts, queries, settings.ppo.response_length, settings.ppo.temperature,
+                    settings.gates.eval_samples, settings.seed)  # fmt: skip
             new = measure_policy(ppo.policy, *args)
             reference = measure_policy(load_policy(ctx.base_model, None, settings.ppo.lora_rank, False), *args)
             parent = reference if parent_adapter is None else measure_policy(
                 load_policy(ctx.base_model, parent_adapter, settings.ppo.lora_rank, False), *args
             )  # fmt: skip
         for name, measure in (("new", new), ("parent", parent), ("reference", reference)):
-            for stat in ("mean_reward", "mean_kl", "mean_length"):
+            for stat in ("mean_reward", "mean_kl", "mean_length", "ended"):
                 summary[f"eval_{name}_{stat}"] = getattr(measure, stat)
                 m.eval.labels(name, stat).set(getattr(measure, stat))
+        gain, stderr = reward_gain(new, parent)
+        summary.update(eval_prompts=len(eval_prompts), eval_reward_gain=gain, eval_reward_gain_stderr=stderr)
+        m.eval.labels("new", "reward_gain").set(gain)
+        m.eval.labels("new", "reward_gain_stderr").set(stderr)
         reasons = policy_gate(new, parent, reference, settings.gates)
         m.gates.labels("policy", "fail" if reasons else "pass").inc()
         if reasons:
