@@ -31,6 +31,7 @@ def run_cli(*args: str, env: dict[str, str], timeout: float) -> subprocess.Compl
     )  # fmt: skip
 
 
+@pytest.mark.timeout(1800)  # about 8 minutes alone; a busy machine can double it
 @pytest.mark.skipif(not DATA.exists(), reason=f"the HH data is not at {DATA} (it lives beside the repository)")
 def test_hh_pairs_imported_through_kafka_train_a_reward_model_that_agrees_with_people(default_model, tmp_path):
     rows = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
