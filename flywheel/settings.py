@@ -234,7 +234,7 @@ class TrainerSettings(CommonSettings):
     port: int = Field(9300, description="HTTP port of /metrics, /healthz, /readyz and /status.")
     grpc_port: int = Field(50053, description="TrainerService gRPC port.")
     base_version: str = Field("base", description="Version name of the base policy (as serving names it).")
-    torch_threads: int = Field(2, description="Threads torch uses for training.")
+    torch_threads: int = Field(1, description="Threads torch uses; 2 ran 3-6x slower beside serving on 2 cores.")
     seed: int = 0
     rounds: RoundTriggerSection = RoundTriggerSection()
     reward: RewardSection = RewardSection()
