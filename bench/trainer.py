@@ -8,7 +8,7 @@ trainer ingests it and runs one round with the default settings; the report give
 examples/s, PPO samples/s, each phase's seconds, peak memory, the evaluation, the
 feedback-to-policy latency, and the round time against the 10-minute target.
 
-    python bench/trainer.py [--completions N] [--preference SPEC] [--model DIR] [--out FILE]
+    python bench/trainer.py [--completions N] [--preference SPEC] [--seed N] [--model DIR] [--out FILE]
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ def main() -> int:
     parser.add_argument("--completions", type=int, default=96, help="completions, each with one piece of feedback")
     parser.add_argument("--preference", default="concise", help="the users' hidden preference (as flywheel simulate)")
     parser.add_argument("--answer-tokens", type=int, default=128, help="longest sampled answer in the traffic")
+    parser.add_argument("--seed", type=int, default=11, help="seed of the traffic's sampled answers")
     parser.add_argument("--model", help="base policy (default: the converted default model)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
@@ -111,7 +112,7 @@ def main() -> int:
     model = args.model or str(prepare_default_model(CommonSettings().models_dir))
     preference = load_preference(args.preference)
     torch.set_num_threads(TrainerSettings().torch_threads)  # as the trainer will (serving's sampling, stood in for)
-    records, feedback_counts = sample_traffic(model, args.completions, preference, args.answer_tokens, seed=11)
+    records, feedback_counts = sample_traffic(model, args.completions, preference, args.answer_tokens, args.seed)
     broker = Broker(port=free_port()).start()
     try:
         producer = make_producer(broker.bootstrap)
@@ -138,6 +139,7 @@ def main() -> int:
         "model": model,
         "completions": args.completions,
         "preference": preference.name,
+        "seed": args.seed,
         "feedback": feedback_counts,
         "outcome": result.outcome,
         "reason": result.reason,
