@@ -265,7 +265,7 @@ async def load_phase(url: str, announcer: Announcer, manifests: list, clients: i
     steady, during = rate(steady_windows), rate(swap_windows)
     failed = [s for s in streams if s.error or s.finish not in ("stop", "length")]
     chunks = sum(len(s.chunk_times) for s in streams)
-    spanning = sum(1 for s in streams for a, _ in swap_windows if s.started < a < s.ended)
+    spanning = sum(1 for s in streams if any(s.started < a < s.ended for a, _ in swap_windows))
     return {
         "swaps": swaps,
         "probe": probe,
@@ -310,25 +310,24 @@ class DeliveryWatch:
 
 
 class ForeignCpu:
-    """Cores used by processes outside this benchmark (the other work on the shared 2 cores), per interval."""
+    """Cores used by processes outside this one and its children (serving, the broker), per interval."""
 
-    def __init__(self, *pids: int) -> None:
+    def __init__(self) -> None:
         import psutil
 
         self.psutil = psutil
-        self.ours = [psutil.Process(pid) for pid in pids]
+        self.ours = psutil.Process()
         self.last = (time.monotonic(), self._foreign_seconds())
 
     def _foreign_seconds(self) -> float:
         total = self.psutil.cpu_times()
         busy = sum(total) - total.idle - total.iowait
         ours = 0.0
-        for process in self.ours:
-            for p in [process, *process.children(recursive=True)]:
-                try:
-                    ours += sum(p.cpu_times()[:2])
-                except self.psutil.Error:
-                    pass
+        for process in [self.ours, *self.ours.children(recursive=True)]:
+            try:
+                ours += sum(process.cpu_times()[:4])  # user, system, and of its children already reaped
+            except self.psutil.Error:
+                pass
         return busy - ours
 
     def cores_since_last(self) -> float:
@@ -387,7 +386,12 @@ def summarise(swaps: list[dict], delivered: dict[str, float], loaded: dict[str, 
 
 def probe_summary(probe: Probe) -> dict:
     """The probe's own request time bounds how soon it can see a new version."""
-    return {"probe_requests": len(probe.latencies), "probe_request_s_p50": statistics.median(probe.latencies)}
+    return {
+        "probe_requests": len(probe.latencies),
+        "probe_request_s_p50": statistics.median(probe.latencies),
+        "probe_failures": len(probe.failures),
+        "probe_failure_examples": probe.failures[:3],
+    }
 
 
 # -- the run
@@ -452,7 +456,7 @@ def main() -> int:
             log.info("serving ready")
             announcer, watch = Announcer(broker.bootstrap, store), DeliveryWatch(broker.bootstrap)
             try:
-                cpu = ForeignCpu(os.getpid(), server.pid, broker.process.pid)
+                cpu = ForeignCpu()
                 idle_versions, load_versions = manifests[: args.swaps], manifests[args.swaps :]
                 results = asyncio.run(measure(url, announcer, idle_versions, load_versions, args.clients, cpu))
             finally:

@@ -4,8 +4,9 @@ No consumer group: the local broker's group coordinator can loop in rebalances f
 member is killed (seen here), so the trainer assigns itself every partition and keeps its
 offsets in SQLite, committed with the rows they cover. A crash therefore replays nothing it
 stored and skips nothing it did not; replays that do happen (a reset) are ignored by the store.
-The local broker forgets its logs on restart: the saved digest of the last record read tells a
-recreated log from the old one, and a recreated log is read again from its start.
+The local broker forgets its logs on restart: every fetch starts again at the record stored last,
+whose saved digest tells a recreated log from the old one, and a recreated log is read again from
+its start.
 """
 
 from __future__ import annotations
@@ -69,8 +70,7 @@ class Ingestor:
         for tp in partitions:
             if (tp.topic, tp.partition) in saved:
                 offset, last = saved[(tp.topic, tp.partition)]
-                self.consumer.seek(tp, offset - 1)  # re-read the last record to recognise the log
-                self._check[tp] = (offset - 1, last, time.monotonic() + CHECK_WAIT_S)
+                self._arm(tp, offset - 1, last)  # re-read the last record to recognise the log
             else:
                 self.consumer.seek_to_beginning(tp)
         self._assigned_at = time.monotonic()
@@ -98,8 +98,15 @@ class Ingestor:
             if high is not None:
                 self.metrics.lag.labels(tp.topic).set(max(0, high - messages[-1].offset - 1))
         if not records:
+            if batches:  # only the re-read of records already stored: wait for news instead of spinning
+                time.sleep(timeout_ms / 1000)
             return 0
         result = self.store.ingest(records, positions)
+        for (topic, partition), (offset, last) in positions.items():
+            # Every fetch starts with the record stored last: a broker that restarted between two
+            # polls would otherwise hand over its new log from our old position, unnoticed until the
+            # next recheck, and the records before that position would never be read.
+            self._arm(TopicPartition(topic, partition), offset - 1, last)
         for kind, count in result.kinds.items():
             self.metrics.events_ingested.labels(kind).inc(count)
         if result.duplicates:
@@ -111,11 +118,18 @@ class Ingestor:
         self.total.invalid += result.invalid
         return len(records)
 
+    def _arm(self, tp: TopicPartition, offset: int, last: str) -> None:
+        """Read from the record at `offset` again next time; it must be the one whose digest is `last`."""
+        self.consumer.seek(tp, offset)
+        self._check[tp] = (offset, last, time.monotonic() + CHECK_WAIT_S)
+
     def _after_check(self, tp: TopicPartition, messages: list) -> list:
         """The records after the one we read last, or all of them once the log proves new."""
         offset, last, _ = self._check.pop(tp)
         first = messages[0]
         if first.offset == offset and digest(first.value) == last:
+            if len(messages) == 1:
+                self._arm(tp, offset, last)  # nothing new yet: check the same record next time
             return messages[1:]
         if first.offset == 0:
             log.warning("%s[%d] is a new log (the broker restarted); reading it all", tp.topic, tp.partition)

@@ -155,3 +155,28 @@ def test_a_broker_that_restarts_empty_is_read_again_from_its_start(own_broker, t
         assert status(trainer)["events_ingested"] == 400
     finally:
         trainer.stop()
+
+
+def test_a_broker_restarted_between_two_polls_is_read_from_its_start(own_broker, tmp_path):
+    """The restart falls between two fetches and the new log is already longer than the old
+    position: a fetch from that position would hand over the new log's tail, unnoticed."""
+    from trainer.dataset import DatasetStore
+    from trainer.ingest import Ingestor
+    from trainer.metrics import TrainerMetrics
+
+    produce(own_broker.bootstrap, traffic(10, seed=1))
+    store = DatasetStore(tmp_path / "dataset.sqlite")
+    ingestor = Ingestor.connect(own_broker.bootstrap, store, TrainerMetrics())
+    try:
+        assert ingestor.catch_up(settle_s=2, timeout_s=60).stored == 20
+        own_broker.kill()  # the local broker forgets every log
+        own_broker.start()
+        produce(own_broker.bootstrap, traffic(150, seed=2))  # all of it before the next poll
+        deadline = time.monotonic() + 60  # noticing the new log and its new partitions takes seconds
+        while ingestor.total.stored < 320 and time.monotonic() < deadline:
+            ingestor.poll(timeout_ms=500)
+        ingestor.catch_up(settle_s=3, timeout_s=30)
+        assert ingestor.total.stored == 320
+        assert sum(store.count_events().values()) == 320
+    finally:
+        ingestor.close()
