@@ -175,7 +175,9 @@ class RewardSection(BaseModel):
     learning_rate: float = Field(2e-4, description="AdamW learning rate.")
     epochs: float = Field(2.0, description="Passes over the training pairs per round.")
     batch_size: int = Field(8, description="Pairs per optimiser step.")
-    max_length: int = Field(128, description="Tokens per scored dialogue; longer ones keep their end.")
+    max_length: int = Field(
+        256, description="Tokens per scored dialogue; longer ones keep their end (128 hid answer lengths past it)."
+    )
     max_pairs: int = Field(2048, description="Most recent training pairs a round trains on.")
     heldout_percent: int = Field(10, description="Share of prompts held out for evaluation (fixed by hash).")
     accuracy_floor: float = Field(0.6, description="Held-out pairwise accuracy a new reward model must reach.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def simulate(
     """
     for name in ("httpx", "httpx2", "openai"):  # the live line stands for their per-request logs
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    _interrupt_on_signals()
     preference = load_preference(preference_spec)
     prompts = load_prompts(prompts_path)
     try:
@@ -54,3 +56,14 @@ def simulate(
     if interrupted:
         return 130
     return 0 if report["overall"]["events_accepted"] else 1
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _interrupt_on_signals() -> None:
+    """SIGTERM and SIGINT stop the run with its report, even when started in the background
+    (a shell starts background jobs with SIGINT ignored, so Ctrl-C's signal would do nothing)."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)

@@ -105,19 +105,21 @@ def completions_served(serving_url: str) -> float:
                if line.startswith("flywheel_serving_chat_completions_total"))  # fmt: skip
 
 
-def test_ctrl_c_writes_the_report_of_what_was_done(serving_server, feedback_server, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_writes_the_report_of_what_was_done(serving_server, feedback_server, tmp_path, stop):
     out = tmp_path / "interrupted"
     before = completions_served(serving_server.url)
     args = ["--serving-url", serving_server.url, "--feedback-url", feedback_server.url, "--duration", "10m",
             "--max-tokens", "8", "--out", str(out)]  # fmt: skip
     process = subprocess.Popen([sys.executable, "-m", "flywheel.cli", "simulate", *args], cwd=ROOT, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+                               # started as a shell starts a background job: SIGINT ignored
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while completions_served(serving_server.url) < before + 4 and time.monotonic() < deadline:
             time.sleep(0.2)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         stdout, stderr = process.communicate(timeout=60)
     finally:
         process.kill()
