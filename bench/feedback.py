@@ -3,6 +3,8 @@
 Starts its own broker and feedback service (acks=all, the real outbox) and measures, in one
 run: REST events/s with concurrent clients (closed loop), REST latency at a fixed 500 events/s
 (open loop), and gRPC BulkSubmit events/s. The load generator shares the machine's 2 cores.
+During the fixed-rate phase a probe fsyncs a small file beside the outbox 50 times a second: the
+disk's own flush stalls, next to the service's commits that took longer than the latency target.
 
     python bench/feedback.py [--out FILE]
 """
@@ -16,6 +18,7 @@ import json
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -146,6 +149,45 @@ def without_client_gc(run):
         gc.enable()
 
 
+class FsyncProbe:
+    """Times one small append + fsync every `interval_s` in a thread, in the directory given."""
+
+    def __init__(self, directory: Path, interval_s: float = 0.02) -> None:
+        self.path, self.interval_s = directory / "fsync-probe", interval_s
+        self.latencies: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fsync-probe", daemon=True)
+
+    def __enter__(self) -> FsyncProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.path.unlink(missing_ok=True)
+
+    def _run(self) -> None:
+        import os
+
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            while not self._stop.wait(self.interval_s):
+                os.write(fd, b"x" * 200)
+                started = time.perf_counter()
+                os.fsync(fd)
+                self.latencies.append(time.perf_counter() - started)
+        finally:
+            os.close(fd)
+
+    def summary(self) -> dict:
+        ms = [1000 * x for x in self.latencies]
+        return {
+            "fsyncs": len(ms), "p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99), "max_ms": max(ms),
+            "over_50ms": sum(x > 50 for x in ms), "over_100ms": sum(x > 100 for x in ms),
+        }  # fmt: skip
+
+
 def wait_drained(url: str, timeout_s: float = 300) -> None:
     """Let the relay catch up, so one phase's backlog does not load the next."""
     import httpx
@@ -195,8 +237,10 @@ def main() -> int:
         asyncio.run(rest_closed_loop(server.url, token, 32, 1_000))  # warm-up: connections, caches
         wait_drained(server.url)
         before = commit_counts(server.url)
-        fixed = without_client_gc(lambda: asyncio.run(rest_fixed_rate(server.url, token, 500, 20)))
+        with FsyncProbe(tmp) as probe:
+            fixed = without_client_gc(lambda: asyncio.run(rest_fixed_rate(server.url, token, 500, 20)))
         after = commit_counts(server.url)
+        fixed["disk_fsync_probe"] = probe.summary()
         # Commits that took longer than the latency target: a disk flush stall, not the service.
         fixed["outbox_commits"] = after[0] - before[0]
         fixed["outbox_commits_over_50ms"] = (after[0] - before[0]) - (after[1] - before[1])

@@ -6,6 +6,9 @@ import asyncio
 import logging
 import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -42,7 +45,7 @@ def simulate(
     status = Console(stderr=True)
     interrupted = False
     with Live(get_renderable=lambda: Text(progress_line(simulation)), console=status, refresh_per_second=2,
-              transient=False):  # fmt: skip
+              transient=False), _status_lines(simulation, status):  # fmt: skip
         try:
             asyncio.run(simulation.run())
         except KeyboardInterrupt:
@@ -67,3 +70,23 @@ def _interrupt_on_signals() -> None:
     (a shell starts background jobs with SIGINT ignored, so Ctrl-C's signal would do nothing)."""
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
+
+
+@contextmanager
+def _status_lines(simulation: Simulation, console: Console, every_s: float = 30.0) -> Iterator[None]:
+    """Where stderr is no terminal (a log file), the live line cannot redraw: print it every `every_s`."""
+    if console.is_terminal:
+        yield
+        return
+    stop = threading.Event()
+
+    def report() -> None:
+        while not stop.wait(every_s):
+            print(progress_line(simulation), file=sys.stderr, flush=True)  # noqa: T201
+
+    thread = threading.Thread(target=report, name="simulate-status", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()

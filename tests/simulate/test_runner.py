@@ -195,3 +195,21 @@ def test_durations(text, seconds):
 def test_bad_durations(text):
     with pytest.raises(ValueError, match="--duration"):
         runner.parse_duration(text)
+
+
+def test_without_a_terminal_the_progress_line_is_printed_at_intervals(capsys):
+    import io
+    import time
+
+    from rich.console import Console
+
+    from flywheel.simulate.command import _status_lines
+
+    sim = simulate(FakeStack(), turns=4)
+    with _status_lines(sim, Console(file=io.StringIO(), force_terminal=False), every_s=0.05):
+        time.sleep(0.3)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) >= 3 and all(line.startswith("turn 4/4 · ") for line in lines), lines
+    with _status_lines(sim, Console(file=io.StringIO(), force_terminal=True), every_s=0.05):
+        time.sleep(0.2)  # a terminal has the live line instead
+    assert capsys.readouterr().err == ""
