@@ -94,6 +94,15 @@ def current_policy(ctx: RoundContext) -> tuple[str, Path | None]:
         parent = latest.version if latest is not None else ctx.settings.base_version
     if parent == ctx.settings.base_version or not (ctx.policies.path(parent) / "manifest.json").is_file():
         return ctx.settings.base_version, None
+    manifest = ctx.policies.manifest(parent)
+    if manifest.kind != "lora":  # merged full weights (flywheel merge): continue from the adapter merged
+        log.info("%s has full weights; training continues from the adapter it was merged from, %s", parent,
+                 manifest.parent or "none")  # fmt: skip
+        parent = manifest.parent
+        if not parent or not (ctx.policies.path(parent) / "manifest.json").is_file():
+            return ctx.settings.base_version, None
+        if ctx.policies.manifest(parent).kind != "lora":
+            return ctx.settings.base_version, None
     return parent, ctx.policies.path(parent)
 
 
@@ -217,8 +226,11 @@ def run_round(ctx: RoundContext, reward_only: bool = False) -> RoundResult:
             tokenizer = load_tokenizer(ctx.base_model)
             queries = encode_prompts(tokenizer, eval_prompts, 10**9)
             # The same prompts, batches and seeds for every policy: their rewards compare prompt by prompt.
+            # Few held-out prompts (early on, or a narrow prompt pool) get more samples each, so every
+            # per-prompt gain is measured about as well as `eval_prompts` answers would measure one.
+            samples = max(settings.gates.eval_samples, min(16, math.ceil(settings.gates.eval_prompts / len(queries))))
             args = (tokenizer, reward, eval_prompts, queries, settings.ppo.response_length, settings.ppo.temperature,
-                    settings.gates.eval_samples, settings.seed)  # fmt: skip
+                    samples, settings.seed)  # fmt: skip
             new = measure_policy(ppo.policy, *args)
             reference = measure_policy(load_policy(ctx.base_model, None, settings.ppo.lora_rank, False), *args)
             parent = reference if parent_adapter is None else measure_policy(
@@ -229,7 +241,8 @@ def run_round(ctx: RoundContext, reward_only: bool = False) -> RoundResult:
                 summary[f"eval_{name}_{stat}"] = getattr(measure, stat)
                 m.eval.labels(name, stat).set(getattr(measure, stat))
         gain, stderr = reward_gain(new, parent)
-        summary.update(eval_prompts=len(eval_prompts), eval_reward_gain=gain, eval_reward_gain_stderr=stderr)
+        summary.update(eval_prompts=len(eval_prompts), eval_samples=samples, eval_reward_gain=gain,
+                       eval_reward_gain_stderr=stderr)  # fmt: skip
         m.eval.labels("new", "reward_gain").set(gain)
         m.eval.labels("new", "reward_gain_stderr").set(stderr)
         reasons = policy_gate(new, parent, reference, settings.gates)
