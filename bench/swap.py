@@ -343,12 +343,12 @@ def load_seconds(serving_log: str) -> dict[str, float]:
 
 def check_seconds(store, versions: list[str]) -> list[float]:
     """The receiver's pre-engine checks (sha256 of every file, every tensor read), timed here on the same files."""
-    from serving.rollout import check_adapter
+    from serving.rollout import check_version
 
     took = []
     for version in versions:
         started = time.perf_counter()
-        check_adapter(store, version, LORA_RANK)
+        check_version(store, version, LORA_RANK)
         took.append(time.perf_counter() - started)
     return took
 

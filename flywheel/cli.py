@@ -218,6 +218,33 @@ def cmd_rm_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from kafka.errors import KafkaError
+
+    from flywheel.models import resolve_model
+    from flywheel.store import ModelStore, StoreError
+    from trainer.merge import announce, merge_version
+
+    settings = _trainer_settings(args)
+    store = ModelStore(settings.store_dir)
+    try:
+        manifest = merge_version(store, args.version, resolve_model(settings.model, settings.models_dir), args.name)
+    except StoreError as exc:
+        print(f"flywheel: {exc}", file=sys.stderr)  # noqa: T201
+        return 1
+    print(f"published {manifest.version} (full weights of {args.version}) in {store.root}")  # noqa: T201
+    if args.no_announce:
+        return 0
+    try:
+        announce(settings.kafka_bootstrap, store, manifest)
+    except KafkaError as exc:
+        note = f"{manifest.version} is in the store but was not announced ({exc}); the trainer announces it on start"
+        print(f"flywheel: {note}", file=sys.stderr)  # noqa: T201
+        return 1
+    print(f"announced {manifest.version}: serving replicas load it as the canary")  # noqa: T201
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from flywheel.models import resolve_model
     from flywheel.settings import PLACEHOLDER_SECRET, ServingSettings
@@ -394,6 +421,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, default=Path("export"), help="output directory")
     export.add_argument("--data-dir", dest="data_dir", type=Path)
     export.set_defaults(func=cmd_export)
+
+    merge = verbs.add_parser("merge", help="publish a LoRA version merged into full weights (served without adapter)")
+    merge.add_argument("version", help="the LoRA version to merge")
+    merge.add_argument("--name", default="", help="the new version's name (default: VERSION-full)")
+    merge.add_argument("--no-announce", action="store_true", help="write it to the store only")
+    merge.add_argument("--model", help="base model the version was trained on (default: the default model)")
+    merge.add_argument("--data-dir", dest="data_dir", type=Path)
+    merge.set_defaults(func=cmd_merge)
 
     rm_eval = verbs.add_parser("rm-eval", help="the current reward model's pairwise accuracy on a JSONL file")
     rm_eval.add_argument("file", type=Path)

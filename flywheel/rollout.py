@@ -282,7 +282,9 @@ class PolicyLog:
             consumer.close()
 
     def _connect(self):
-        consumer = make_consumer(self.bootstrap, None, [], consumer_timeout_ms=500)
+        # A fetch with nothing to return waits up to fetch_max_wait_ms, and the local broker does not
+        # answer early when a record arrives: kafka-python's 500 ms default was most of an idle swap.
+        consumer = make_consumer(self.bootstrap, None, [], consumer_timeout_ms=500, fetch_max_wait_ms=50)
         deadline = time.monotonic() + 30
         partitions = consumer.partitions_for_topic(TOPIC_POLICY)
         while not partitions and time.monotonic() < deadline and not self._stop.is_set():

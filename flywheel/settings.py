@@ -180,6 +180,9 @@ class RewardSection(BaseModel):
     )
     max_pairs: int = Field(2048, description="Most recent training pairs a round trains on.")
     heldout_percent: int = Field(10, description="Share of prompts held out for evaluation (fixed by hash).")
+    min_heldout_prompts: int = Field(
+        12, description="Held-out prompts at least, while prompts are few (next in hash order; at most a quarter)."
+    )
     accuracy_floor: float = Field(0.6, description="Held-out pairwise accuracy a new reward model must reach.")
 
 

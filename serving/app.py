@@ -60,7 +60,7 @@ def build_app(
         events.start()
         router = PolicyRouter(stable=ServedPolicy(settings.policy_version))
         metrics.policy_info.labels(settings.policy_version, "stable").set(1)
-        receiver = PolicyReceiver(engine, router, receiver_store(settings), settings, metrics)
+        receiver = PolicyReceiver(engine, router, receiver_store(settings), settings, metrics, model_path)
         await receiver.start(follow=settings.follow_policies)
         grpc_server = None
         if settings.grpc_port:

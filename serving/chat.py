@@ -13,6 +13,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 
 from vllm import SamplingParams
@@ -198,8 +199,19 @@ class ChatService:
 
     # -- generation
 
+    def _still_served(self, prep: _Prepared) -> None:
+        """Pick again where the engine's weights changed since `prepare` and the version went with them."""
+        router = self.router
+        if prep.policy.version not in router.loaded:
+            prep.policy = router.pick_version(prep.user_id)
+        if prep.choice_policies and any(p.version not in router.loaded for p in prep.choice_policies):
+            canary = router.canary if router.canary is not None else router.stable
+            prep.choice_policies = random.sample([router.stable, canary], 2)
+
     async def _generate(self, prep: _Prepared) -> AsyncIterator[RequestOutput]:
         # The version stays loaded until this request is over (finished, aborted or disconnected).
+        await self.router.wait_open()
+        self._still_served(prep)  # and from here the request counts as in flight: no await in between
         if prep.choice_policies:
             async for output in self._generate_per_choice(prep):
                 yield output
@@ -219,19 +231,21 @@ class ChatService:
 
         async def run(index: int, policy: ServedPolicy) -> None:
             try:
-                with self.router.using(policy):
-                    async for output in self.engine.generate(
-                        TokensPrompt(prompt_token_ids=prep.prompt_ids),
-                        prep.sampling,
-                        f"{prep.completion_id}-{index}",
-                        lora_request=policy.lora,
-                    ):
-                        await queue.put(_Outputs([replace(piece, index=index) for piece in output.outputs]))
+                async for output in self.engine.generate(
+                    TokensPrompt(prompt_token_ids=prep.prompt_ids),
+                    prep.sampling,
+                    f"{prep.completion_id}-{index}",
+                    lora_request=policy.lora,
+                ):
+                    await queue.put(_Outputs([replace(piece, index=index) for piece in output.outputs]))
             except BaseException as exc:  # handed to the consumer, which re-raises it
                 await queue.put(exc)
             finally:
                 await queue.put(None)
 
+        busy = ExitStack()  # both versions count as in flight from now, before the tasks first run
+        for policy in prep.choice_policies:
+            busy.enter_context(self.router.using(policy))
         tasks = [asyncio.create_task(run(i, policy)) for i, policy in enumerate(prep.choice_policies)]
         try:
             running = len(tasks)
@@ -247,6 +261,7 @@ class ChatService:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            busy.close()
 
     def _absorb(self, prep: _Prepared, output: CompletionOutput) -> tuple[_ChoiceState, ChoiceLogprobs | None]:
         state = prep.choices[output.index]

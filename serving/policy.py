@@ -3,11 +3,14 @@
 Knows versions and their LoRA adapters, not the engine: loading and roll-out decisions live in
 serving/rollout.py. The base policy is always present; a canary is chosen by a sticky hash of the
 user, so one user sees one version for a whole conversation. Requests hold their version while
-they run (`using`), so a version is never unloaded under a request that started on it.
+they run (`using`), so a version is never unloaded under a request that started on it. While the
+engine's own weights are swapped (a full-weight version), the router is closed: new requests wait
+for it to open, so every request runs on the weights it is labelled with.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections import Counter
 from collections.abc import Iterator
@@ -34,11 +37,23 @@ class PolicyRouter:
     canary_fraction: float = 0.0
     loaded: dict[str, ServedPolicy] = field(default_factory=dict)
     in_flight: Counter[str] = field(default_factory=Counter)
+    _open: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def __post_init__(self) -> None:
         self.loaded.setdefault(self.stable.version, self.stable)
         if self.canary is not None:
             self.loaded.setdefault(self.canary.version, self.canary)
+        self._open.set()
+
+    async def wait_open(self) -> None:
+        """Return at once, or once a swap of the engine's weights is over."""
+        await self._open.wait()
+
+    def close(self) -> None:
+        self._open.clear()
+
+    def open(self) -> None:
+        self._open.set()
 
     @staticmethod
     def bucket(user_id: str) -> float:

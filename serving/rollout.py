@@ -2,7 +2,9 @@
 
 Every event is folded into the roll-out state (flywheel/rollout.py); the replica then converges on
 it: the stable and canary versions loaded (checked file by file against the manifest, loaded as a
-LoRA adapter under a name and id never used before, warmed up with one request) and routed. A
+LoRA adapter under a name and id never used before, warmed up with one request) and routed.
+Full-weight versions replace the engine's own weights in place (serving/weights.py): the stable's
+on every replica, a canary's on the share of replicas its fraction names. A
 version that fails a check is refused: never served, counted, logged and announced with a
 `RolloutDecision` (REFUSE) that every replica folds. Operators' actions go through the same topic,
 so every replica obeys them.
@@ -31,11 +33,13 @@ from flywheel.store import ModelStore, StoreError
 from flywheel.v1 import events_pb2
 from serving.metrics import ServingMetrics
 from serving.policy import PolicyRouter, ServedPolicy
+from serving.weights import FULL_KIND, WeightsMismatch, check_full_weights, reload_in_place, tensor_specs
 
 log = logging.getLogger(__name__)
 
 Action = events_pb2.RolloutAction
 CATCH_UP_S = 20.0
+DRAIN_S = 120.0  # longest wait for requests on the old weights to finish before a full-weight reload
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
@@ -57,15 +61,24 @@ class VersionInfo:
     swap_seconds: float = 0.0
 
 
-def check_adapter(store: ModelStore, version: str, max_rank: int) -> VersionInfo:
-    """Everything that can be checked before the engine sees a version (raises RefusedVersion)."""
+def check_version(store: ModelStore, version: str, max_rank: int, served: dict | None = None) -> VersionInfo:
+    """Everything that can be checked before the engine sees a version (raises RefusedVersion).
+
+    `served`: the served model's tensor specs, which a full-weight version must match.
+    """
     try:
         manifest = store.verify(version)
     except StoreError as exc:
         reason = "missing" if "not in the store" in str(exc) or "missing" in str(exc) else "checksum"
         raise RefusedVersion(reason, str(exc)) from None
+    if manifest.kind == FULL_KIND and served is not None:
+        try:
+            check_full_weights(store, version, served)
+        except WeightsMismatch as exc:
+            raise RefusedVersion(exc.reason, str(exc)) from None
+        return VersionInfo(version, manifest.parent, manifest.kind, dict(manifest.metrics))
     if manifest.kind != "lora":
-        raise RefusedVersion("kind", f"version {version} is a {manifest.kind!r} version; this replica loads LoRA only")
+        raise RefusedVersion("kind", f"version {version} is a {manifest.kind!r} version; this replica cannot load it")
     root = store.path(version)
     listed = {entry.path for entry in manifest.files}
     for name in ADAPTER_FILES:
@@ -97,8 +110,13 @@ class PolicyReceiver:
         store: ModelStore,
         settings: ServingSettings,
         metrics: ServingMetrics,
+        model_path: str | None = None,
     ) -> None:
         self.engine = engine
+        self.model_path = model_path  # the served model's weights: what "base" reloads
+        self.weights = settings.policy_version  # whose weights the engine holds now
+        self._served_specs: dict | None = None
+        self._kinds: dict[str, str] = {settings.policy_version: "base"}
         self.router = router
         self.store = store
         self.settings = settings
@@ -168,8 +186,18 @@ class PolicyReceiver:
         """Load a version for pinned requests (evaluation) without routing users to it."""
         async with self._lock:
             policy = await self._ensure_loaded(version)
+            if policy is None and version in self.refused:
+                raise RefusedVersion("refused", f"version {version} was refused: {self.refused[version]}")
+            if policy is None and self._kind(version) == FULL_KIND:
+                raise RefusedVersion(
+                    "not_here", f"version {version} has full weights; a replica serves one such version at a time, "
+                    "as its stable or canary: promote it or make it the canary instead"
+                )  # fmt: skip
             if policy is None:
-                raise RefusedVersion("refused", f"version {version} was refused: {self.refused.get(version, '?')}")
+                raise RefusedVersion(
+                    "not_here", f"version {version} is an adapter on the base model; this replica's engine holds "
+                    f"the full weights of {self.weights}"
+                )  # fmt: skip
             self._evict()
             return policy
 
@@ -181,11 +209,13 @@ class PolicyReceiver:
             return False, "there is no canary to promote; name a version"
         if version == self.router.stable.version:
             return False, f"{version} is already the stable version"
-        if version not in self.router.loaded:
-            try:
+        try:
+            if self._kind(version) == FULL_KIND:
+                await asyncio.to_thread(self._check_full, version)  # loaded when the decision is folded
+            elif version not in self.router.loaded:
                 await self.load(version)
-            except RefusedVersion as exc:
-                return False, str(exc)
+        except RefusedVersion as exc:
+            return False, str(exc)
         event = decision_event(Action.ROLLOUT_ACTION_PROMOTE, version, state=self.state,
                                reason=reason or "promoted by an operator", decided_by="operator")  # fmt: skip
         return await self._decide(event, f"{version} is now stable")
@@ -217,10 +247,13 @@ class PolicyReceiver:
     # -- converging on the state
 
     async def _converge(self) -> None:
+        await self._follow_weights()
         state, router = self.state, self.router
-        if state.stable != router.stable.version:
+        if state.stable != router.stable.version or router.stable.version not in router.loaded:
             stable = await self._ensure_loaded(state.stable)
-            if stable is not None:
+            if stable is None and router.stable.version not in router.loaded:
+                stable = router.loaded[self.weights]  # the stable is not servable on these weights
+            if stable is not None and stable is not router.stable:
                 log.info("stable is now %s (was %s)", stable.version, router.stable.version)
                 router.stable = stable
         canary = None
@@ -243,13 +276,16 @@ class PolicyReceiver:
         self._export_metrics()
 
     async def _ensure_loaded(self, version: str) -> ServedPolicy | None:
+        """The version ready to serve; None when refused, or when it cannot run on the engine's weights."""
         if version in self.router.loaded:
             return self.router.loaded[version]
         if version in self.refused:
             return None
+        if self._kind(version) == FULL_KIND or self.weights != self.settings.policy_version:
+            return None  # another replica's full weights, or an adapter (trained on the base) over full weights
         started = time.perf_counter()
         try:
-            info = await asyncio.to_thread(check_adapter, self.store, version, self.settings.max_lora_rank)
+            info = await asyncio.to_thread(check_version, self.store, version, self.settings.max_lora_rank)
             lora = LoRARequest(
                 lora_name=f"{version}-{uuid.uuid4().hex[:8]}",
                 lora_int_id=next(self._ids),
@@ -275,6 +311,94 @@ class PolicyReceiver:
         self.router.loaded[version] = policy
         log.info("loaded %s in %.0f ms", version, 1000 * (time.perf_counter() - started))
         return policy
+
+    # -- full-weight versions
+
+    def _kind(self, version: str) -> str:
+        if version not in self._kinds:
+            try:
+                self._kinds[version] = self.store.manifest(version).kind
+            except StoreError:
+                return "lora"  # not in the store (yet): the adapter path refuses it with the reason
+        return self._kinds[version]
+
+    def _wanted_weights(self) -> str:
+        """The version whose full weights this replica should hold: a full canary on the canary's
+        share of replicas (by a stable hash of the replica id), else a full stable, else the base."""
+        state = self.state
+        canary, stable = state.canary, state.stable
+        if (
+            canary
+            and canary not in self.refused
+            and self._kind(canary) == FULL_KIND
+            and PolicyRouter.bucket(self.replica_id) < state.canary_fraction
+        ):
+            return canary
+        if stable not in self.refused and self._kind(stable) == FULL_KIND:
+            return stable
+        return self.settings.policy_version
+
+    async def _follow_weights(self) -> None:
+        while (wanted := self._wanted_weights()) != self.weights:
+            try:
+                await self._reload(wanted)
+            except RefusedVersion as exc:
+                if wanted == self.settings.policy_version:
+                    log.error("could not reload the base weights: %s", exc)
+                    return
+                await self._refuse(wanted, exc)  # folded at once: the next wanted weights differ
+
+    def _check_full(self, version: str) -> VersionInfo:
+        if self._served_specs is None:
+            if self.model_path is None:
+                raise RefusedVersion("kind", f"version {version} is full-weight; this replica has no base model path")
+            self._served_specs = tensor_specs(Path(self.model_path))
+        return check_version(self.store, version, self.settings.max_lora_rank, self._served_specs)
+
+    async def _reload(self, version: str) -> None:
+        """Swap the engine's weights for `version`'s, with no request running on either side of the swap."""
+        base = self.settings.policy_version
+        started = time.perf_counter()
+        if version == base:
+            info, path = self.versions.get(base, VersionInfo(base)), Path(self.model_path or "")
+        else:
+            info, path = await asyncio.to_thread(self._check_full, version), self.store.path(version)
+        router = self.router
+        router.close()  # new requests wait; those running finish on the weights they started on
+        try:
+            deadline = time.monotonic() + DRAIN_S
+            while router.in_flight and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            if router.in_flight:
+                log.warning("requests still running after %.0f s; reloading under them", DRAIN_S)
+            try:
+                paused = await reload_in_place(self.engine, path)
+            except Exception as exc:
+                self.metrics.swap_failures.inc()
+                raise RefusedVersion("load_failed", f"version {version}: the engine could not reload ({exc})") from None
+            router.loaded.pop(self.weights, None)
+            if version != base:  # adapters are trained on the base weights: none of them fits these
+                for name in [v for v, p in router.loaded.items() if p.lora is not None]:
+                    del router.loaded[name]
+            policy = ServedPolicy(version)
+            router.loaded[version] = policy
+            self.weights = version
+            if router.stable.version not in router.loaded:
+                router.stable = policy
+            if router.canary is not None and router.canary.version not in router.loaded:
+                router.canary = None
+        finally:
+            router.open()
+        await self._warm_up(policy)
+        info.loaded_at = time.time()
+        self.versions[version] = info
+        published = self._published_at.pop(version, None)
+        if published is not None:
+            info.swap_seconds = max(0.0, time.time() - published)
+            self.metrics.swap_seconds.observe(info.swap_seconds)
+        log.info(
+            "engine weights are now %s (%.2f s, engine paused %.2f s)", version, time.perf_counter() - started, paused
+        )
 
     async def _warm_up(self, policy: ServedPolicy) -> None:
         sampling = SamplingParams(max_tokens=1, temperature=0.0)
@@ -331,6 +455,7 @@ class PolicyReceiver:
             "stable_version": router.stable.version,
             "canary_version": router.canary.version if router.canary else "",
             "canary_fraction": router.canary_fraction,
+            "engine_weights": self.weights,
             "loaded": [self._describe(v, router.role(v)) for v in router.loaded],
             "refused": dict(self.refused),
             "retired": dict(state.retired),

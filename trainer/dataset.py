@@ -231,6 +231,11 @@ class DatasetStore:
         )
         return [(key, messages_from_json(messages)) for key, messages in rows]
 
+    def prompt_keys(self) -> list[str]:
+        """Every distinct prompt seen, in traffic or imported."""
+        rows = self._query("SELECT prompt_key FROM completions UNION SELECT prompt_key FROM external_pairs")
+        return [key for (key,) in rows]
+
     # -- counts, rounds and state
 
     def feedback_seq(self) -> int:

@@ -12,7 +12,7 @@ from trainer.dataset import DatasetStore
 from trainer.pairs import Pair, build_pairs
 from trainer.records import prompt_key
 from trainer.reward import load_reward_model
-from trainer.round import REWARD_MODEL_KEY
+from trainer.round import REWARD_MODEL_KEY, heldout_slice
 
 
 def _hh(messages, answer: str) -> str:
@@ -28,7 +28,7 @@ def export_dataset(settings: TrainerSettings, out: Path) -> dict[Path, int]:
     out.mkdir(parents=True, exist_ok=True)
     rated, ranked, external = store.rated_responses(), store.ranked_completions(), store.external_pairs()
     anchors = store.unrated_choices({r.prompt_key for r in rated})
-    pairs = build_pairs(rated, ranked, external, anchors, settings.reward.heldout_percent)
+    pairs = build_pairs(rated, ranked, external, anchors, heldout_slice(store, settings))
     written: dict[Path, int] = {}
     path = out / "pairs.jsonl"
     with open(path, "w", encoding="utf-8") as handle:

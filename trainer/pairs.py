@@ -47,9 +47,35 @@ class PairSet:
         return len(self.train) + len(self.heldout)
 
 
+def _hash_value(prompt_key: str) -> int:
+    return int(hashlib.sha256(prompt_key.encode("utf-8")).hexdigest()[:8], 16)
+
+
 def is_heldout(prompt_key: str, percent: int) -> bool:
-    bucket = int(hashlib.sha256(prompt_key.encode("utf-8")).hexdigest()[:8], 16) % 100
-    return bucket < percent
+    return _hash_value(prompt_key) % 100 < percent
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The held-out prompts: those whose hash bucket falls under `percent`, plus `extra`.
+
+    A narrow prompt pool (the simulator has 64 prompts) leaves the percentage with a handful, or
+    two: too few to tell a better policy from noise. `of` tops the slice up to a minimum with the
+    next prompts in hash order, at most a quarter of them. Once 4 x minimum prompts are known, a
+    prompt only leaves the slice when a new one takes its place (it then trains), and one that
+    trained never becomes held out; before that the slice grows with the prompts and may take one.
+    """
+
+    percent: int
+    extra: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, prompt_keys: Iterable[str], percent: int, minimum: int = 0) -> HeldOut:
+        ranked = sorted(set(prompt_keys), key=lambda key: (_hash_value(key) % 100, _hash_value(key), key))
+        return cls(percent, frozenset(ranked[: min(minimum, len(ranked) // 4)]))
+
+    def __contains__(self, prompt_key: str) -> bool:
+        return is_heldout(prompt_key, self.percent) or prompt_key in self.extra
 
 
 def ranking_pairs(ranking: Sequence[int], strength: int) -> list[tuple[int, int]]:
@@ -115,11 +141,13 @@ def build_pairs(
     ranked: Iterable[RankedCompletion],
     external: Iterable[ExternalPairRow],
     anchors: dict[str, list[str]],
-    heldout_percent: int,
+    heldout: HeldOut | int,
 ) -> PairSet:
-    """Every pair the store's feedback gives, split into train and the held-out slice."""
+    """Every pair the store's feedback gives, split into train and the held-out slice (a percentage or HeldOut)."""
+    if isinstance(heldout, int):
+        heldout = HeldOut(heldout)
     from_thumbs, need = thumbs_pairs(rated, anchors)
     result = PairSet(need_samples=need)
     for pair in sorted([*comparison_pairs(ranked), *from_thumbs, *external_pairs(external)], key=lambda p: p.seq):
-        (result.heldout if is_heldout(pair.prompt_key, heldout_percent) else result.train).append(pair)
+        (result.heldout if pair.prompt_key in heldout else result.train).append(pair)
     return result

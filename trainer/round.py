@@ -22,7 +22,7 @@ from flywheel.v1 import events_pb2
 from trainer.dataset import DatasetStore
 from trainer.evaluate import measure_policy, policy_gate, reward_gain, reward_model_gate, sample_answers
 from trainer.metrics import TrainerMetrics
-from trainer.pairs import Messages, PairSet, build_pairs, is_heldout
+from trainer.pairs import HeldOut, Messages, PairSet, build_pairs
 from trainer.ppo import encode_prompts, load_policy, run_ppo
 from trainer.reward import load_reward_model, load_tokenizer, prompt_ids, train_reward_model
 
@@ -113,7 +113,12 @@ def available_pairs(ctx: RoundContext, parent_version: str) -> PairSet:
     anchors = store.unrated_choices({r.prompt_key for r in rated})
     for key, text in store.samples(parent_version).items():
         anchors.setdefault(key, []).append(text)
-    return build_pairs(rated, ranked, external, anchors, ctx.settings.reward.heldout_percent)
+    return build_pairs(rated, ranked, external, anchors, heldout_slice(store, ctx.settings))
+
+
+def heldout_slice(store: DatasetStore, settings: TrainerSettings) -> HeldOut:
+    reward = settings.reward
+    return HeldOut.of(store.prompt_keys(), reward.heldout_percent, reward.min_heldout_prompts)
 
 
 def collect_pairs(ctx: RoundContext, parent_version: str, parent_adapter: Path | None) -> PairSet:
@@ -207,8 +212,9 @@ def run_round(ctx: RoundContext, reward_only: bool = False) -> RoundResult:
 
         # ppo: prompts from real traffic (held-out prompts kept for the evaluation)
         prompts = _prompts(ctx)
-        train_prompts = [msgs for key, msgs in prompts if not is_heldout(key, settings.reward.heldout_percent)]
-        eval_prompts = [msgs for key, msgs in prompts if is_heldout(key, settings.reward.heldout_percent)]
+        heldout = heldout_slice(store, settings)
+        train_prompts = [msgs for key, msgs in prompts if key not in heldout]
+        eval_prompts = [msgs for key, msgs in prompts if key in heldout]
         eval_prompts = eval_prompts[: settings.gates.eval_prompts]
         if not train_prompts or not eval_prompts:
             return finish("skipped", f"{len(train_prompts)} training and {len(eval_prompts)} held-out prompts")

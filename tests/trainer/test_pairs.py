@@ -1,6 +1,6 @@
 """Preference pairs from feedback: pure functions over store rows."""
 
-from trainer.pairs import TIE, build_pairs, is_heldout, ranking_pairs, thumbs_pairs
+from trainer.pairs import TIE, HeldOut, build_pairs, is_heldout, ranking_pairs, thumbs_pairs
 from trainer.records import ExternalPairRow, RankedCompletion, RatedResponse
 
 PROMPT = (("user", "hi"),)
@@ -44,7 +44,7 @@ def test_build_pairs_splits_by_prompt_and_keeps_every_source():
     keys = [f"k{i}" for i in range(200)]
     ranked = [RankedCompletion(k, PROMPT, ("a", "b", "c"), (1, 0, 2), 0, i) for i, k in enumerate(keys)]
     external = [ExternalPairRow("ext", PROMPT, "yes", "no", 999)]
-    result = build_pairs([], ranked, external, {}, heldout_percent=10)
+    result = build_pairs([], ranked, external, {}, heldout=10)
     assert len(result) == 200 * 3 + 1
     held = {p.prompt_key for p in result.heldout}
     assert held and held.isdisjoint({p.prompt_key for p in result.train})
@@ -53,3 +53,19 @@ def test_build_pairs_splits_by_prompt_and_keeps_every_source():
     # growing the data never moves a prompt across the split
     bigger = build_pairs([], [*ranked, RankedCompletion("new", PROMPT, ("x", "y"), (0, 1), 0, 5000)], [], {}, 10)
     assert held <= {p.prompt_key for p in bigger.heldout}
+
+
+def test_a_narrow_prompt_pool_still_holds_out_a_minimum_of_prompts():
+    keys = [f"prompt-{i}" for i in range(64)]
+    by_percent = {k for k in keys if is_heldout(k, 10)}
+    slice_ = HeldOut.of(keys, 10, minimum=12)
+    held = {k for k in keys if k in slice_}
+    assert len(held) == max(12, len(by_percent)) and by_percent <= held
+    assert {k for k in keys if k in HeldOut.of(keys[:8], 10, minimum=12)} >= {k for k in keys[:8] if is_heldout(k, 10)}
+    assert len(HeldOut.of(keys[:8], 10, minimum=12).extra) == 2  # at most a quarter of the prompts
+    # a new prompt takes a place in the slice or trains; the held-out ones that stay are the same
+    grown = HeldOut.of([*keys, "prompt-new"], 10, minimum=12)
+    assert len(held - {k for k in keys if k in grown}) <= 1
+    ranked = [RankedCompletion(k, PROMPT, ("a", "b"), (0, 1), 0, i) for i, k in enumerate(keys)]
+    pairs = build_pairs([], ranked, [], {}, slice_)
+    assert {p.prompt_key for p in pairs.heldout} == held
