@@ -47,7 +47,7 @@ def simulate(
     with Live(get_renderable=lambda: Text(progress_line(simulation)), console=status, refresh_per_second=2,
               transient=False), _status_lines(simulation, status):  # fmt: skip
         try:
-            asyncio.run(simulation.run())
+            interrupted = asyncio.run(_run_until_signalled(simulation))
         except KeyboardInterrupt:
             interrupted = True
     report = build_report(simulation, window_s, interrupted)
@@ -59,6 +59,30 @@ def simulate(
     if interrupted:
         return 130
     return 0 if report["overall"]["events_accepted"] else 1
+
+
+async def _run_until_signalled(simulation: Simulation) -> bool:
+    """Run the simulation; SIGINT or SIGTERM cancels it cleanly (True: it was stopped so)."""
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        stopped = True
+        task.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop)
+    try:
+        await simulation.run()
+    except asyncio.CancelledError:
+        if not stopped:
+            raise
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        _interrupt_on_signals()  # removing them restored the defaults: keep the report safe while it is written
+    return stopped
 
 
 def _interrupt(_signum: int, _frame: object) -> None:

@@ -99,16 +99,16 @@ def test_users_with_api_keys_are_those_users(serving_server, feedback_server, br
     assert len(events) == 4 and {e.user_id for e in events} == {TEST_USER, "bob"}
 
 
-def completions_served(serving_url: str) -> float:
-    text = httpx.get(f"{serving_url}/metrics", timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("flywheel_serving_chat_completions_total"))  # fmt: skip
+def metric_total(url: str, name: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_writes_the_report_of_what_was_done(serving_server, feedback_server, tmp_path, stop):
     out = tmp_path / "interrupted"
-    before = completions_served(serving_server.url)
+    accepted = "flywheel_feedback_events_accepted_total"
+    before = metric_total(feedback_server.url, accepted)
     args = ["--serving-url", serving_server.url, "--feedback-url", feedback_server.url, "--duration", "10m",
             "--max-tokens", "8", "--out", str(out)]  # fmt: skip
     process = subprocess.Popen([sys.executable, "-m", "flywheel.cli", "simulate", *args], cwd=ROOT, text=True,
@@ -117,7 +117,8 @@ def test_ctrl_c_writes_the_report_of_what_was_done(serving_server, feedback_serv
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while completions_served(serving_server.url) < before + 4 and time.monotonic() < deadline:
+        # stopped once feedback was accepted (a turn stopped between its answer and its feedback sends none)
+        while metric_total(feedback_server.url, accepted) < before + 2 and time.monotonic() < deadline:
             time.sleep(0.2)
         process.send_signal(stop)
         stdout, stderr = process.communicate(timeout=60)
