@@ -203,6 +203,10 @@ class ChatService:
         """Pick again where the engine's weights changed since `prepare` and the version went with them."""
         router = self.router
         if prep.policy.version not in router.loaded:
+            pinned = prep.request.policy_version
+            if pinned is not None:  # never another version than the one asked for
+                message = f"policy version {pinned!r} was unloaded while waiting; loaded: {sorted(router.loaded)}"
+                raise APIError(404, message, param="policy_version", code="policy_version_not_found")
             prep.policy = router.pick_version(prep.user_id)
         if prep.choice_policies and any(p.version not in router.loaded for p in prep.choice_policies):
             canary = router.canary if router.canary is not None else router.stable
