@@ -173,12 +173,17 @@ class RewardSection(BaseModel):
     lora_rank: int = Field(16, description="LoRA rank of the reward model (0: full fine-tune).")
     lora_layers: int = Field(8, description="LoRA on the top N transformer layers only (0: all); cuts backward time.")
     learning_rate: float = Field(2e-4, description="AdamW learning rate.")
-    epochs: float = Field(2.0, description="Passes over the training pairs per round.")
+    epochs: float = Field(2.0, description="Passes over the training pairs of a fresh reward model.")
+    continue_training: bool = Field(
+        True, description="Train the current reward model further on the pairs new since it, not a fresh one on all."
+    )
+    continue_epochs: float = Field(1.0, description="Passes over the pairs when the current model continues.")
+    replay_ratio: float = Field(0.5, ge=0.0, description="Older pairs replayed per new pair when continuing.")
     batch_size: int = Field(8, description="Pairs per optimiser step.")
     max_length: int = Field(
         256, description="Tokens per scored dialogue; longer ones keep their end (128 hid answer lengths past it)."
     )
-    max_pairs: int = Field(2048, description="Most recent training pairs a round trains on.")
+    max_pairs: int = Field(2048, description="Most recent training pairs a round trains on (new ones if continuing).")
     heldout_percent: int = Field(10, description="Share of prompts held out for evaluation (fixed by hash).")
     min_heldout_prompts: int = Field(
         12, description="Held-out prompts at least, while prompts are few (next in hash order; at most a quarter)."

@@ -141,15 +141,26 @@ def reward_model_gate(accuracy: float, previous_accuracy: float | None, config: 
 
 def policy_gate(new: PolicyMeasure, parent: PolicyMeasure, reference: PolicyMeasure, config: GateSection) -> list[str]:
     """Every reason the new policy must not be published (empty when it passes)."""
-    reasons = []
+    reason = gain_gate(new, parent, config)
+    return ([reason] if reason else []) + guard_gate(new, reference, config)
+
+
+def gain_gate(new: PolicyMeasure, parent: PolicyMeasure, config: GateSection) -> str:
+    """Why the new policy's reward did not rise clearly over its parent's ('' when it did)."""
     gain, stderr = reward_gain(new, parent)
     noise = config.min_gain_stderrs * stderr if config.min_gain_stderrs > 0 else 0.0
-    if not (gain > config.min_reward_gain and gain > noise):
-        reasons.append(
-            f"mean held-out reward did not rise beyond noise: {new.mean_reward:.3f} vs parent {parent.mean_reward:.3f}"
-            f" (gain {gain:.3f} ± {stderr:.3f} over {len(new.prompt_rewards)} prompts;"
-            f" needs > {config.min_reward_gain:g} and > {config.min_gain_stderrs:g} standard errors)"
-        )
+    if gain > config.min_reward_gain and gain > noise:
+        return ""
+    return (
+        f"mean held-out reward did not rise beyond noise: {new.mean_reward:.3f} vs parent {parent.mean_reward:.3f}"
+        f" (gain {gain:.3f} ± {stderr:.3f} over {len(new.prompt_rewards)} prompts;"
+        f" needs > {config.min_reward_gain:g} and > {config.min_gain_stderrs:g} standard errors)"
+    )
+
+
+def guard_gate(new: PolicyMeasure, reference: PolicyMeasure, config: GateSection) -> list[str]:
+    """Every way the new policy strayed too far from the reference: KL over budget, length out of band."""
+    reasons = []
     if not new.mean_kl <= config.kl_budget:
         reasons.append(f"KL to the reference {new.mean_kl:.2f} exceeds the budget {config.kl_budget:.2f}")
     low, high = reference.mean_length * config.min_length_ratio, reference.mean_length * config.length_band

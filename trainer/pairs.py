@@ -13,6 +13,7 @@ and no prompt is on both sides.
 from __future__ import annotations
 
 import hashlib
+import random
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -151,3 +152,15 @@ def build_pairs(
     for pair in sorted([*comparison_pairs(ranked), *from_thumbs, *external_pairs(external)], key=lambda p: p.seq):
         (result.heldout if pair.prompt_key in heldout else result.train).append(pair)
     return result
+
+
+def continuation_pairs(train: Sequence[Pair], since_seq: int, replay_ratio: float, limit: int, seed: int) -> list[Pair]:
+    """What a reward model trained on the pairs up to `since_seq` continues on, in seq order.
+
+    Every newer pair (the newest `limit`), and `replay_ratio` older pairs per new one drawn at random,
+    so the model keeps what it learned while it follows the new feedback. Empty when nothing is new.
+    """
+    new = [p for p in train if p.seq > since_seq][-limit:]
+    old = [p for p in train if p.seq <= since_seq]
+    replay = random.Random(seed).sample(old, min(len(old), round(replay_ratio * len(new))))
+    return sorted([*replay, *new], key=lambda p: p.seq)

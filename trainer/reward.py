@@ -146,10 +146,15 @@ def train_reward_model(
     work_dir: Path,
     seed: int = 0,
     report: Callable[[int, int, dict], None] | None = None,
+    start_from: Path | None = None,
+    epochs: float | None = None,
 ) -> RewardTraining:
-    """Bradley-Terry training of a fresh LoRA reward model on `pairs` (TRL RewardTrainer, bf16)."""
+    """Bradley-Terry training of a LoRA reward model on `pairs` (TRL RewardTrainer, bf16).
+
+    A fresh adapter, or the saved one in `start_from` trained further (its head included).
+    """
     from datasets import Dataset
-    from peft import LoraConfig
+    from peft import LoraConfig, PeftModel
     from trl import RewardConfig, RewardTrainer
 
     tokenizer = load_tokenizer(base_model)
@@ -160,9 +165,14 @@ def train_reward_model(
         }
         for p in pairs
     ]
+    epochs = config.epochs if epochs is None else epochs
     model = _base_classifier(base_model, tokenizer)
     peft_config = None
-    if config.lora_rank > 0:
+    if start_from is not None and (start_from / "adapter_config.json").exists():
+        model = PeftModel.from_pretrained(model, start_from, is_trainable=True)
+    elif start_from is not None:  # a fully fine-tuned reward model (lora_rank 0)
+        model = AutoModelForSequenceClassification.from_pretrained(start_from, dtype=torch.bfloat16)
+    elif config.lora_rank > 0:
         layers = model.config.num_hidden_layers
         top = range(max(0, layers - config.lora_layers), layers) if config.lora_layers else range(layers)
         peft_config = LoraConfig(
@@ -176,10 +186,10 @@ def train_reward_model(
     args = RewardConfig(
         output_dir=str(work_dir),
         per_device_train_batch_size=config.batch_size,
-        num_train_epochs=config.epochs,
+        num_train_epochs=epochs,
         learning_rate=config.learning_rate,
         lr_scheduler_type="linear",
-        warmup_steps=max(1, int(0.05 * config.epochs * len(rows) / config.batch_size)),
+        warmup_steps=max(1, int(0.05 * epochs * len(rows) / config.batch_size)),
         bf16=True,
         use_cpu=True,
         gradient_checkpointing=False,  # TRL turns it on; here memory is plenty and recomputing costs 2x
@@ -207,11 +217,12 @@ def train_reward_model(
     seconds = time.monotonic() - started
     trained = trainer.model
     trained.eval()
-    log.info("reward model trained on %d pairs in %.0f s (loss %.3f)", len(rows), seconds, output.training_loss)
+    log.info("reward model %s on %d pairs in %.0f s (loss %.3f)", "trained further" if start_from else "trained",
+             len(rows), seconds, output.training_loss)  # fmt: skip
     return RewardTraining(
         reward_model=RewardModel(trained, tokenizer, config.max_length),
         peft_model=trained,
         seconds=seconds,
-        examples_per_s=len(rows) * config.epochs / max(seconds, 1e-9),
+        examples_per_s=len(rows) * epochs / max(seconds, 1e-9),
         loss=float(output.training_loss),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+import shutil
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -17,18 +18,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flywheel.settings import TrainerSettings
-from flywheel.store import ModelStore
+from flywheel.store import Manifest, ModelStore
 from flywheel.v1 import events_pb2
 from trainer.dataset import DatasetStore
-from trainer.evaluate import measure_policy, policy_gate, reward_gain, reward_model_gate, sample_answers
+from trainer.evaluate import (
+    guard_gate,
+    measure_policy,
+    policy_gate,
+    reward_gain,
+    reward_model_gate,
+    sample_answers,
+)  # fmt: skip
 from trainer.metrics import TrainerMetrics
-from trainer.pairs import HeldOut, Messages, PairSet, build_pairs
+from trainer.pairs import HeldOut, Messages, PairSet, build_pairs, continuation_pairs
 from trainer.ppo import encode_prompts, load_policy, run_ppo
-from trainer.reward import load_reward_model, load_tokenizer, prompt_ids, train_reward_model
+from trainer.reward import RewardModel, load_reward_model, load_tokenizer, prompt_ids, train_reward_model
 
 log = logging.getLogger(__name__)
 
 REWARD_MODEL_KEY = "reward_model"
+CANDIDATE_KEY = "policy_candidate"
 
 
 @dataclass
@@ -181,34 +190,20 @@ def run_round(ctx: RoundContext, reward_only: bool = False) -> RoundResult:
         if len(pairs.train) < settings.rounds.min_pairs:
             return finish("skipped", f"{len(pairs.train)} training pairs, fewer than {settings.rounds.min_pairs}")
 
-        # reward model: Bradley-Terry on the newest pairs; it must beat the floor and its predecessor
+        # reward model: Bradley-Terry; the current one continues on the new pairs (and replayed older ones).
+        # A new model must beat the floor and its predecessor; a refused one leaves the predecessor in use.
         with phases.phase("reward_model"):
-            training = train_reward_model(
-                ctx.base_model, pairs.train[-settings.reward.max_pairs :], settings.reward,
-                settings.work_dir / f"round-{round_id}" / "reward", settings.seed, _step_logger("reward model"),
-            )  # fmt: skip
-            accuracy = training.reward_model.accuracy(pairs.heldout)
-            previous = _previous_reward_accuracy(ctx, pairs)
-        summary.update(
-            reward_loss=training.loss, reward_accuracy=accuracy, reward_examples_per_s=training.examples_per_s
-        )
-        if previous is not None:
-            summary["reward_accuracy_previous"] = previous
-        m.reward_loss.set(training.loss)
-        m.reward_accuracy.set(accuracy if not math.isnan(accuracy) else 0.0)
-        reason = reward_model_gate(accuracy, previous, settings.reward)
-        m.gates.labels("reward_model", "fail" if reason else "pass").inc()
-        if reason:
-            return finish("gate_failed", reason)
-        reward_version = f"rm-{round_id:04d}-{secrets.token_hex(2)}"
-        ctx.reward_models.publish(
-            reward_version, training.peft_model.save_pretrained, parent=store.get_state(REWARD_MODEL_KEY),
-            base_model=ctx.base_model, kind="reward", metrics={"heldout_accuracy": accuracy},
-        )  # fmt: skip
-        store.set_state(REWARD_MODEL_KEY, reward_version)
-        reward = training.reward_model
+            update = update_reward_model(ctx, pairs, round_id)
+        summary.update(update.summary)
+        if update.trained:
+            m.reward_loss.set(update.summary["reward_loss"])
+            m.reward_accuracy.set(update.summary["reward_accuracy"] if not math.isnan(update.accuracy) else 0.0)
+            m.gates.labels("reward_model", "fail" if update.refused else "pass").inc()
+        if update.model is None:
+            return finish("gate_failed", update.refused)
+        reward, reward_version = update.model, update.version
         if reward_only:
-            return finish("reward_updated", version=reward_version)
+            return finish("reward_updated" if not update.refused else "gate_failed", update.refused, reward_version)
 
         # ppo: prompts from real traffic (held-out prompts kept for the evaluation)
         prompts = _prompts(ctx)
@@ -218,9 +213,12 @@ def run_round(ctx: RoundContext, reward_only: bool = False) -> RoundResult:
         eval_prompts = eval_prompts[: settings.gates.eval_prompts]
         if not train_prompts or not eval_prompts:
             return finish("skipped", f"{len(train_prompts)} training and {len(eval_prompts)} held-out prompts")
+        candidate = current_candidate(ctx, parent_version)  # an earlier round's policy, ahead but not clearly
+        start = candidates(ctx).path(candidate.version) if candidate else parent_adapter
+        summary["candidate_rounds"] = 1 + (candidate.extra.get("rounds", 0) if candidate else 0)
         with phases.phase("ppo"):
             ppo = run_ppo(
-                ctx.base_model, parent_adapter, reward, train_prompts, settings.ppo,
+                ctx.base_model, start, reward, train_prompts, settings.ppo,
                 settings.work_dir / f"round-{round_id}" / "ppo", settings.seed, _step_logger("ppo"),
             )  # fmt: skip
         summary.update(ppo.metrics, ppo_samples_per_s=ppo.samples_per_s)
@@ -254,6 +252,9 @@ def run_round(ctx: RoundContext, reward_only: bool = False) -> RoundResult:
         reasons = policy_gate(new, parent, reference, settings.gates)
         m.gates.labels("policy", "fail" if reasons else "pass").inc()
         if reasons:
+            # Within the guards and ahead of its parent but not yet clearly: the next round goes on from it.
+            keep = gain > 0 and not guard_gate(new, reference, settings.gates)
+            keep_candidate(ctx, ppo.policy if keep else None, parent_version, round_id, summary)
             return finish("gate_failed", "; ".join(reasons))
 
         # publish: adapter + manifest into the store (one rename), then announce it on Kafka
@@ -269,6 +270,7 @@ def run_round(ctx: RoundContext, reward_only: bool = False) -> RoundResult:
                 summary["feedback_to_policy_seconds"] = latency
                 m.feedback_to_policy.observe(latency)
             ctx.announce(policy_published_event(manifest, ctx.policies.root))
+            keep_candidate(ctx, None, parent_version, round_id, summary)
         m.published.info({"version": version, "parent": parent_version})
         m.published_total.inc()
         return finish("published", version=version)
@@ -277,17 +279,114 @@ def run_round(ctx: RoundContext, reward_only: bool = False) -> RoundResult:
         return finish("failed", f"{type(exc).__name__}: {exc}")
 
 
-def _previous_reward_accuracy(ctx: RoundContext, pairs: PairSet) -> float | None:
+@dataclass
+class RewardUpdate:
+    model: RewardModel | None  # what PPO scores with: the new model, else its predecessor, else none
+    version: str
+    refused: str = ""  # why the new model was refused ('' when it passed or none was trained)
+    trained: bool = False
+    accuracy: float = float("nan")
+    summary: dict[str, float] = field(default_factory=dict)
+
+
+def update_reward_model(ctx: RoundContext, pairs: PairSet, round_id: int) -> RewardUpdate:
+    """Train the round's reward model and gate it; the predecessor stays in use when it is refused.
+
+    The current model continues on the pairs new since it was trained, with as many older ones
+    replayed (`reward.continue_training`), so a round's cost follows the new feedback, not all of it;
+    the first model, or one after `continue_training` was turned off, is trained fresh on every pair.
+    """
+    settings, config = ctx.settings, ctx.settings.reward
+    previous = _previous_reward_model(ctx)
+    since = int(previous[1].extra.get("trained_through_seq", -1)) if previous else -1
+    continuing = previous is not None and config.continue_training and since >= 0
+    if continuing:
+        chosen = continuation_pairs(pairs.train, since, config.replay_ratio, config.max_pairs, settings.seed + round_id)
+        if not chosen:
+            log.info("no pair is new since reward model %s; it stays in use", previous[0])
+            return RewardUpdate(previous[2], previous[0])
+    else:
+        chosen = pairs.train[-config.max_pairs :]
+    training = train_reward_model(
+        ctx.base_model, chosen, config, settings.work_dir / f"round-{round_id}" / "reward", settings.seed,
+        _step_logger("reward model"), start_from=ctx.reward_models.path(previous[0]) if continuing else None,
+        epochs=config.continue_epochs if continuing else config.epochs,
+    )  # fmt: skip
+    accuracy = training.reward_model.accuracy(pairs.heldout)
+    summary = {"reward_loss": training.loss, "reward_accuracy": accuracy,
+               "reward_examples_per_s": training.examples_per_s, "reward_pairs": len(chosen),
+               "reward_continued": float(continuing)}  # fmt: skip
+    previous_accuracy = previous[2].accuracy(pairs.heldout) if previous and pairs.heldout else None
+    if previous_accuracy is not None:
+        summary["reward_accuracy_previous"] = previous_accuracy
+    refused = reward_model_gate(accuracy, previous_accuracy, config)
+    if refused:
+        if previous is None:
+            return RewardUpdate(None, "", refused, True, accuracy, summary)
+        log.info("reward model refused (%s); %s stays in use", refused, previous[0])
+        summary["reward_model_kept"] = 1.0
+        return RewardUpdate(previous[2], previous[0], refused, True, accuracy, summary)
+    version = f"rm-{round_id:04d}-{secrets.token_hex(2)}"
+    ctx.reward_models.publish(
+        version, training.peft_model.save_pretrained, parent=previous[0] if previous else "",
+        base_model=ctx.base_model, kind="reward", metrics={"heldout_accuracy": accuracy},
+        extra={"trained_through_seq": max(p.seq for p in pairs.train), "continued": continuing},
+    )  # fmt: skip
+    ctx.dataset.set_state(REWARD_MODEL_KEY, version)
+    return RewardUpdate(training.reward_model, version, "", True, accuracy, summary)
+
+
+def _previous_reward_model(ctx: RoundContext) -> tuple[str, Manifest, RewardModel] | None:
+    """The reward model in use (name, manifest, loaded), when there is one and it is intact."""
     name = ctx.dataset.get_state(REWARD_MODEL_KEY)
-    if not name or not pairs.heldout:
+    if not name:
         return None
     try:
-        ctx.reward_models.verify(name)
+        manifest = ctx.reward_models.verify(name)
     except Exception as exc:
         log.warning("previous reward model %s unusable: %s", name, exc)
         return None
-    previous = load_reward_model(ctx.base_model, ctx.reward_models.path(name), ctx.settings.reward.max_length)
-    return previous.accuracy(pairs.heldout)
+    model = load_reward_model(ctx.base_model, ctx.reward_models.path(name), ctx.settings.reward.max_length)
+    return name, manifest, model
+
+
+def candidates(ctx: RoundContext) -> ModelStore:
+    """Trained policies not yet published: the next round's PPO continues from the newest."""
+    return ModelStore(ctx.settings.work_dir / "candidates")
+
+
+def current_candidate(ctx: RoundContext, parent_version: str) -> Manifest | None:
+    """The candidate to continue from: one trained from `parent_version` by an earlier round, intact."""
+    name = ctx.dataset.get_state(CANDIDATE_KEY)
+    if not name:
+        return None
+    try:
+        manifest = candidates(ctx).verify(name)
+    except Exception as exc:
+        log.warning("candidate %s unusable, starting from the parent: %s", name, exc)
+        return None
+    if manifest.parent != parent_version:
+        log.info("candidate %s was trained from %s, not %s; starting from the parent", name, manifest.parent,
+                 parent_version)  # fmt: skip
+        return None
+    log.info("PPO continues from candidate %s (%d rounds from %s)", name, manifest.extra.get("rounds", 1),
+             parent_version)  # fmt: skip
+    return manifest
+
+
+def keep_candidate(ctx: RoundContext, policy, parent_version: str, round_id: int, summary: dict) -> None:
+    """Keep a refused round's policy for the next round to continue (None: keep none); older ones go."""
+    store, rounds = candidates(ctx), int(summary.get("candidate_rounds", 1))
+    name = ""
+    if policy is not None:
+        name = f"candidate-{round_id:04d}-{secrets.token_hex(2)}"
+        store.publish(name, policy.save_pretrained, parent=parent_version, base_model=ctx.base_model, kind="lora",
+                      extra={"rounds": rounds, "round": round_id})  # fmt: skip
+        log.info("kept %s: the next round continues from it (%d rounds from %s)", name, rounds, parent_version)
+    ctx.dataset.set_state(CANDIDATE_KEY, name)
+    for old in store.versions():
+        if old.version != name:
+            shutil.rmtree(store.path(old.version), ignore_errors=True)
 
 
 def _prompts(ctx: RoundContext):

@@ -24,6 +24,8 @@ from trainer.metrics import TrainerMetrics
 from trainer.records import RoundRecord
 from trainer.rollout import RolloutController
 from trainer.round import (
+    CANDIDATE_KEY,
+    REWARD_MODEL_KEY,
     RoundContext,
     RoundResult,
     available_pairs,
@@ -51,6 +53,7 @@ class TrainerStatus:
     stable_version: str = ""
     canary_version: str = ""
     rollout_verdict: str = ""
+    policy_candidate: str = ""  # a refused round's policy the next round's PPO continues from
 
 
 class PolicyAnnouncer:
@@ -168,7 +171,8 @@ class TrainerService:
             published_version=latest.version if latest else "",
             recent_rounds=self.dataset.rounds(10),
             feedback_waiting=self.dataset.waiting_feedback(),
-            reward_model=self.dataset.get_state("reward_model"),
+            reward_model=self.dataset.get_state(REWARD_MODEL_KEY),
+            policy_candidate=self.dataset.get_state(CANDIDATE_KEY),
             stable_version=self.controller.state.stable,
             canary_version=self.controller.state.canary,
             rollout_verdict=self.controller.last_verdict.reason if self.controller.last_verdict else "",

@@ -1,6 +1,6 @@
 """Preference pairs from feedback: pure functions over store rows."""
 
-from trainer.pairs import TIE, HeldOut, build_pairs, is_heldout, ranking_pairs, thumbs_pairs
+from trainer.pairs import TIE, HeldOut, Pair, build_pairs, continuation_pairs, is_heldout, ranking_pairs, thumbs_pairs
 from trainer.records import ExternalPairRow, RankedCompletion, RatedResponse
 
 PROMPT = (("user", "hi"),)
@@ -69,3 +69,15 @@ def test_a_narrow_prompt_pool_still_holds_out_a_minimum_of_prompts():
     ranked = [RankedCompletion(k, PROMPT, ("a", "b"), (0, 1), 0, i) for i, k in enumerate(keys)]
     pairs = build_pairs([], ranked, [], {}, slice_)
     assert {p.prompt_key for p in pairs.heldout} == held
+
+
+def test_a_continued_reward_model_gets_every_new_pair_and_as_many_replayed_old_ones():
+    train = [Pair(f"p{i}", (("user", f"q{i}"),), "a", "b", "comparison", i) for i in range(20)]
+    chosen = continuation_pairs(train, since_seq=14, replay_ratio=1.0, limit=100, seed=0)
+    assert [p.seq for p in chosen if p.seq > 14] == [15, 16, 17, 18, 19]
+    replayed = [p.seq for p in chosen if p.seq <= 14]
+    assert len(replayed) == 5 and len(set(replayed)) == 5
+    assert [p.seq for p in chosen] == sorted(p.seq for p in chosen)
+    assert [p.seq for p in continuation_pairs(train, 14, 0.5, limit=2, seed=0) if p.seq > 14] == [18, 19]
+    assert len(continuation_pairs(train, 14, 0.5, limit=2, seed=0)) == 3
+    assert continuation_pairs(train, since_seq=19, replay_ratio=1.0, limit=100, seed=0) == []

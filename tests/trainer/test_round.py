@@ -17,9 +17,10 @@ from flywheel.store import ModelStore
 from flywheel.v1 import events_pb2
 from tests.trainer.conftest import fast_settings
 from tests.trainer.synthetic import completion, feedback, traffic
+from trainer import round as round_module
 from trainer.dataset import DatasetStore
 from trainer.metrics import TrainerMetrics
-from trainer.round import RoundContext, run_round
+from trainer.round import CANDIDATE_KEY, REWARD_MODEL_KEY, RoundContext, candidates, run_round
 
 pytestmark = pytest.mark.slow
 
@@ -110,3 +111,44 @@ def test_a_runaway_ppo_round_is_refused_by_the_policy_gate(taught_policy, tmp_pa
     assert result.outcome == "gate_failed", result
     assert "KL" in result.reason or "did not rise" in result.reason or "length" in result.reason
     assert ctx.policies.versions() == [] and announced == []
+
+
+def test_a_round_ahead_but_not_clearly_is_continued_by_the_next_and_the_reward_model_goes_on(
+    taught_policy, tmp_path, monkeypatch
+):
+    # No gain can clear a million standard errors: every round is refused on the gain alone.
+    ctx, announced = context(tmp_path, taught_policy, traffic(150), gates={"min_gain_stderrs": 1e6})
+    starts = []
+    real_ppo = round_module.run_ppo
+    monkeypatch.setattr(round_module, "run_ppo", lambda model, start, *a, **k: starts.append(start)
+                        or real_ppo(model, start, *a, **k))  # fmt: skip
+
+    first = run_round(ctx)
+    assert first.outcome == "gate_failed" and "did not rise beyond noise" in first.reason, first
+    assert first.metrics["eval_reward_gain"] > 0, first.metrics
+    (kept,) = candidates(ctx).versions()
+    assert ctx.dataset.get_state(CANDIDATE_KEY) == kept.version and kept.parent == "base"
+    first_rm = ctx.dataset.get_state(REWARD_MODEL_KEY)
+    assert first.metrics["reward_continued"] == 0 and first.metrics["reward_pairs"] == first.metrics["pairs_train"]
+
+    ctx.dataset.ingest(traffic(45, seed=1))
+    second = run_round(ctx)
+    # The reward model continued on the 30-odd new pairs and as many replayed ones, not on all of them.
+    assert second.metrics["reward_continued"] == 1, second.metrics
+    assert second.metrics["reward_pairs"] < 0.6 * second.metrics["pairs_train"], second.metrics
+    assert second.metrics["reward_accuracy"] >= 0.9
+    if "reward_model_kept" not in second.metrics:
+        assert ctx.reward_models.manifest(ctx.dataset.get_state(REWARD_MODEL_KEY)).parent == first_rm
+    # PPO went on from the kept policy, not from the base again.
+    assert starts == [None, candidates(ctx).path(kept.version)]
+    assert second.metrics["candidate_rounds"] == 2
+
+    ctx.settings.gates.min_gain_stderrs = 0.0
+    third = run_round(ctx)  # no new feedback: the reward model stays as it is
+    if "reward_model_kept" not in second.metrics:
+        assert "reward_continued" not in third.metrics, third.metrics
+    assert third.outcome == "published", third
+    assert third.metrics["candidate_rounds"] == 3
+    assert ctx.policies.manifest(third.version).parent == "base"
+    assert candidates(ctx).versions() == [] and ctx.dataset.get_state(CANDIDATE_KEY) == ""
+    assert [e.version for e in announced] == [third.version]
