@@ -88,12 +88,14 @@ def measure_policy(
     temperature: float = 1.0,
     samples: int = 1,
     seed: int = 0,
+    missing_eos_penalty: float = 0.0,
 ) -> PolicyMeasure:
     """`samples` answers per prompt at `temperature`, scored; KL to the reference and length.
 
     Every policy a round compares is measured with the same prompts, batches and seeds, so their
     per-prompt rewards can be compared pair by pair. `policy` is a PeftModel; its reference is the
-    same model with the adapter disabled. Answers cut at `response_length` are scored as if they ended.
+    same model with the adapter disabled. An answer cut at `response_length` is scored as PPO's
+    reward scores it: as if it ended there, less `missing_eos_penalty`.
     """
     rows = [(i, query) for i, query in enumerate(queries) for _ in range(samples)]
     pad, scores, kls, lengths, ended = tokenizer.pad_token_id, [], [], [], []
@@ -105,8 +107,10 @@ def measure_policy(
             ref_logp = _sequence_logprobs(policy, drawn.query_response, drawn.context, pad, temperature)
         kls += ((logp - ref_logp) * drawn.valid).sum(1).tolist()
         lengths += drawn.valid.sum(1).tolist()
-        ended += (drawn.query_response[:, drawn.context :] == tokenizer.eos_token_id).any(1).tolist()
-        scores += reward.score([prompts[i] for i, _ in chunk], drawn.answers)
+        finished = (drawn.query_response[:, drawn.context :] == tokenizer.eos_token_id).any(1).tolist()
+        ended += finished
+        scored = reward.score([prompts[i] for i, _ in chunk], drawn.answers)
+        scores += [s if done else s - missing_eos_penalty for s, done in zip(scored, finished, strict=True)]
     per_prompt = [sum(scores[i * samples : (i + 1) * samples]) / samples for i in range(len(queries))]
     return PolicyMeasure(
         prompt_rewards=tuple(per_prompt),

@@ -233,8 +233,9 @@ def run_round(ctx: RoundContext, reward_only: bool = False) -> RoundResult:
             # Few held-out prompts (early on, or a narrow prompt pool) get more samples each, so every
             # per-prompt gain is measured about as well as `eval_prompts` answers would measure one.
             samples = max(settings.gates.eval_samples, min(16, math.ceil(settings.gates.eval_prompts / len(queries))))
-            args = (tokenizer, reward, eval_prompts, queries, settings.ppo.response_length, settings.ppo.temperature,
-                    samples, settings.seed)  # fmt: skip
+            ppo_config = settings.ppo
+            args = (tokenizer, reward, eval_prompts, queries, ppo_config.response_length, ppo_config.temperature,
+                    samples, settings.seed, ppo_config.missing_eos_penalty)  # fmt: skip
             new = measure_policy(ppo.policy, *args)
             reference = measure_policy(load_policy(ctx.base_model, None, settings.ppo.lora_rank, False), *args)
             parent = reference if parent_adapter is None else measure_policy(

@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from flywheel.settings import TOPIC_COMPLETIONS, TOPIC_FEEDBACK
 from flywheel.store import ModelStore
@@ -19,7 +19,10 @@ from tests.trainer.conftest import fast_settings
 from tests.trainer.synthetic import completion, feedback, traffic
 from trainer import round as round_module
 from trainer.dataset import DatasetStore
+from trainer.evaluate import measure_policy
 from trainer.metrics import TrainerMetrics
+from trainer.ppo import encode_prompts, load_policy
+from trainer.reward import RewardModel, load_tokenizer
 from trainer.round import CANDIDATE_KEY, REWARD_MODEL_KEY, RoundContext, candidates, run_round
 
 pytestmark = pytest.mark.slow
@@ -152,3 +155,18 @@ def test_a_round_ahead_but_not_clearly_is_continued_by_the_next_and_the_reward_m
     assert ctx.policies.manifest(third.version).parent == "base"
     assert candidates(ctx).versions() == [] and ctx.dataset.get_state(CANDIDATE_KEY) == ""
     assert [e.version for e in announced] == [third.version]
+
+
+def test_the_evaluation_scores_a_cut_answer_as_ppo_does_less_the_missing_eos_penalty(taught_policy):
+    tokenizer = load_tokenizer(str(taught_policy))
+    classifier = AutoModelForSequenceClassification.from_pretrained(taught_policy, num_labels=1)
+    classifier.config.pad_token_id = tokenizer.pad_token_id
+    reward = RewardModel(classifier, tokenizer, 64)
+    policy = load_policy(str(taught_policy), None, 4, trainable=False)
+    prompts = [(("user", "Could you help me, please?"),), (("user", "Tell me about the weather."),)]
+    queries = encode_prompts(tokenizer, prompts, 10**9)
+    args = (policy, tokenizer, reward, prompts, queries, 3, 1.0, 4, 0)  # 3 tokens: most answers are cut
+    plain, penalised = measure_policy(*args), measure_policy(*args, missing_eos_penalty=1.0)
+    assert plain.ended < 1.0
+    assert penalised.mean_reward == pytest.approx(plain.mean_reward - (1.0 - plain.ended), abs=1e-4)
+    assert penalised.ended == plain.ended and penalised.mean_length == plain.mean_length
