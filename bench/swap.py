@@ -343,7 +343,7 @@ def load_seconds(serving_log: str) -> dict[str, float]:
 
 def check_seconds(store, versions: list[str]) -> list[float]:
     """The receiver's pre-engine checks (sha256 of every file, every tensor read), timed here on the same files."""
-    from serving.rollout import check_version
+    from serving.versions import check_version
 
     took = []
     for version in versions:

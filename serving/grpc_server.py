@@ -13,7 +13,8 @@ import grpc
 from flywheel.auth import bearer_key
 from flywheel.grpc_server import start_grpc_server
 from flywheel.v1 import policy_pb2, policy_pb2_grpc
-from serving.rollout import PolicyReceiver, RefusedVersion
+from serving.rollout import PolicyReceiver
+from serving.versions import RefusedVersion
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ Every event is folded into the roll-out state (flywheel/rollout.py); the replica
 it: the stable and canary versions loaded (checked file by file against the manifest, loaded as a
 LoRA adapter under a name and id never used before, warmed up with one request) and routed.
 Full-weight versions replace the engine's own weights in place (serving/weights.py): the stable's
-on every replica, a canary's on the share of replicas its fraction names. A
-version that fails a check is refused: never served, counted, logged and announced with a
+on every replica, a canary's on the share of replicas its fraction names. A version that fails a
+check (serving/versions.py) is refused: never served, counted, logged and announced with a
 `RolloutDecision` (REFUSE) that every replica folds. Operators' actions go through the same topic,
 so every replica obeys them.
 """
@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import socket
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from kafka.errors import KafkaError
@@ -33,73 +31,14 @@ from flywheel.store import ModelStore, StoreError
 from flywheel.v1 import events_pb2
 from serving.metrics import ServingMetrics
 from serving.policy import PolicyRouter, ServedPolicy
-from serving.weights import FULL_KIND, WeightsMismatch, check_full_weights, reload_in_place, tensor_specs
+from serving.versions import FULL_KIND, RefusedVersion, VersionInfo, check_version, tensor_specs
+from serving.weights import reload_in_place, wanted_weights
 
 log = logging.getLogger(__name__)
 
 Action = events_pb2.RolloutAction
 CATCH_UP_S = 20.0
 DRAIN_S = 120.0  # longest wait for requests on the old weights to finish before a full-weight reload
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-
-
-class RefusedVersion(Exception):
-    """A version failed a check; `reason` is a short metric label, the message says what is wrong."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-@dataclass
-class VersionInfo:
-    version: str
-    parent: str = ""
-    kind: str = ""
-    metrics: dict[str, float] = field(default_factory=dict)
-    loaded_at: float = 0.0
-    swap_seconds: float = 0.0
-
-
-def check_version(store: ModelStore, version: str, max_rank: int, served: dict | None = None) -> VersionInfo:
-    """Everything that can be checked before the engine sees a version (raises RefusedVersion).
-
-    `served`: the served model's tensor specs, which a full-weight version must match.
-    """
-    try:
-        manifest = store.verify(version)
-    except StoreError as exc:
-        reason = "missing" if "not in the store" in str(exc) or "missing" in str(exc) else "checksum"
-        raise RefusedVersion(reason, str(exc)) from None
-    if manifest.kind == FULL_KIND and served is not None:
-        try:
-            check_full_weights(store, version, served)
-        except WeightsMismatch as exc:
-            raise RefusedVersion(exc.reason, str(exc)) from None
-        return VersionInfo(version, manifest.parent, manifest.kind, dict(manifest.metrics))
-    if manifest.kind != "lora":
-        raise RefusedVersion("kind", f"version {version} is a {manifest.kind!r} version; this replica cannot load it")
-    root = store.path(version)
-    listed = {entry.path for entry in manifest.files}
-    for name in ADAPTER_FILES:
-        if name not in listed:
-            raise RefusedVersion("incomplete", f"version {version} has no {name}")
-    try:
-        config = json.loads((root / "adapter_config.json").read_text(encoding="utf-8"))
-        rank = int(config["r"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise RefusedVersion("config", f"version {version}: unreadable adapter_config.json ({exc})") from None
-    if rank > max_rank:
-        raise RefusedVersion("rank", f"version {version} has LoRA rank {rank}; this replica allows at most {max_rank}")
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(root / "adapter_model.safetensors"), framework="pt") as weights:
-            for name in weights.keys():  # noqa: SIM118 - safe_open has no __iter__
-                weights.get_tensor(name)
-    except Exception as exc:
-        raise RefusedVersion("weights", f"version {version}: adapter weights unreadable ({exc})") from None
-    return VersionInfo(version, manifest.parent, manifest.kind, dict(manifest.metrics))
 
 
 class PolicyReceiver:
@@ -323,20 +262,8 @@ class PolicyReceiver:
         return self._kinds[version]
 
     def _wanted_weights(self) -> str:
-        """The version whose full weights this replica should hold: a full canary on the canary's
-        share of replicas (by a stable hash of the replica id), else a full stable, else the base."""
-        state = self.state
-        canary, stable = state.canary, state.stable
-        if (
-            canary
-            and canary not in self.refused
-            and self._kind(canary) == FULL_KIND
-            and PolicyRouter.bucket(self.replica_id) < state.canary_fraction
-        ):
-            return canary
-        if stable not in self.refused and self._kind(stable) == FULL_KIND:
-            return stable
-        return self.settings.policy_version
+        bucket = PolicyRouter.bucket(self.replica_id)
+        return wanted_weights(self.state, self._kind, self.refused, bucket, self.settings.policy_version)
 
     async def _follow_weights(self) -> None:
         while (wanted := self._wanted_weights()) != self.weights:

@@ -1,77 +1,35 @@
-"""Full-weight policy versions: checked against the served model, then reloaded into the engine in place.
+"""Full-weight policy versions: where they go, and the engine's weights reloaded in place.
 
 A full-weight version (manifest kind "full", from `flywheel merge`) replaces the engine's weights,
 so one replica serves one of them at a time: the stable's on every replica, and a canary's on the
-share of replicas its fraction names (DESIGN.md: canary across replicas). Nothing reaches the
-engine before the whole file is read and every tensor's name, shape and dtype matches the served
-model's: a reload that fails half-way leaves vLLM's model half-reset and its engine dead.
+share of replicas its fraction names (DESIGN.md: canary across replicas). What is checked before
+a reload is in serving/versions.py.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Container
 from pathlib import Path
 
-from flywheel.store import ModelStore, StoreError
+from flywheel.rollout import RolloutState
+from serving.versions import FULL_KIND
 
 log = logging.getLogger(__name__)
 
-FULL_KIND = "full"
-WEIGHTS_FILE = "model.safetensors"
 
-
-class WeightsMismatch(ValueError):
-    """A version's tensors are not the served model's (reason, message)."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-def tensor_specs(directory: Path) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Name -> (shape, dtype) of every tensor in the directory's safetensors files (headers only)."""
-    from safetensors import safe_open
-
-    specs: dict[str, tuple[tuple[int, ...], str]] = {}
-    for path in sorted(directory.glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as weights:
-            for name in weights.keys():  # noqa: SIM118 - safe_open has no __iter__
-                piece = weights.get_slice(name)
-                specs[name] = (tuple(piece.get_shape()), piece.get_dtype())
-    return specs
-
-
-def check_full_weights(store: ModelStore, version: str, served: dict[str, tuple[tuple[int, ...], str]]) -> None:
-    """Raise WeightsMismatch unless the version's weights read completely and match `served` tensor by tensor."""
-    root = store.path(version)
-    try:
-        manifest = store.manifest(version)
-    except StoreError as exc:
-        raise WeightsMismatch("missing", str(exc)) from None
-    if WEIGHTS_FILE not in {entry.path for entry in manifest.files}:
-        raise WeightsMismatch("incomplete", f"version {version} has no {WEIGHTS_FILE}")
-    try:
-        found = tensor_specs(root)
-    except Exception as exc:
-        raise WeightsMismatch("weights", f"version {version}: weights unreadable ({exc})") from None
-    missing = sorted(set(served) - set(found))
-    extra = sorted(set(found) - set(served))
-    if missing or extra:
-        raise WeightsMismatch(
-            "shape", f"version {version} is not this model: missing {missing[:3]}, unexpected {extra[:3]}"
-        )
-    for name, spec in served.items():
-        if found[name] != spec:
-            raise WeightsMismatch("shape", f"version {version}: {name} is {found[name]}, the served model's is {spec}")
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(root / WEIGHTS_FILE), framework="pt") as weights:
-            for name in weights.keys():  # noqa: SIM118
-                weights.get_tensor(name)
-    except Exception as exc:
-        raise WeightsMismatch("weights", f"version {version}: weights unreadable ({exc})") from None
+def wanted_weights(state: RolloutState, kind: Callable[[str], str], refused: Container[str], bucket: float,
+                   base: str) -> str:  # fmt: skip
+    """The version whose full weights a replica should hold: a full canary when the replica's
+    `bucket` (a stable hash of its id, in [0, 1)) falls under the canary fraction, else a full
+    stable, else the base."""
+    canary, stable = state.canary, state.stable
+    if canary and canary not in refused and kind(canary) == FULL_KIND and bucket < state.canary_fraction:
+        return canary
+    if stable not in refused and kind(stable) == FULL_KIND:
+        return stable
+    return base
 
 
 async def reload_in_place(engine, path: Path) -> float:

@@ -61,6 +61,14 @@ def broker() -> Broker:
     broker.stop()
 
 
+@pytest.fixture(scope="module")
+def module_broker() -> Broker:
+    """A broker of the test module's own: versions announced there reach no other module's replicas."""
+    broker = Broker(port=free_port()).start()
+    yield broker
+    broker.stop()
+
+
 @dataclass
 class RunningServer:
     url: str

@@ -15,7 +15,7 @@ from flywheel.kafka import make_producer
 from flywheel.rollout import published_event
 from flywheel.settings import TOPIC_POLICY
 from flywheel.store import Manifest, ModelStore, StoreError
-from serving.weights import FULL_KIND
+from serving.versions import FULL_KIND
 
 log = logging.getLogger(__name__)
 

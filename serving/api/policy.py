@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from flywheel.auth import bearer_key
 from flywheel.errors import APIError
-from serving.rollout import PolicyReceiver, RefusedVersion
+from serving.rollout import PolicyReceiver
+from serving.versions import RefusedVersion
 
 router = APIRouter(prefix="/v1/policy", tags=["policy"])
 

@@ -19,7 +19,7 @@ import pytest
 
 from flywheel.broker import Broker
 from flywheel.models import build_tiny_model
-from tests.conftest import ADMIN_KEY, ROOT, free_port, serving_env, stop_process
+from tests.conftest import ADMIN_KEY, ROOT, serving_env, stop_process
 from tests.serving.test_hot_swap import (
     PROMPT,
     _corrupt,
@@ -37,17 +37,10 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 @pytest.fixture(scope="module")
-def full_broker() -> Broker:
-    broker = Broker(port=free_port()).start()
-    yield broker
-    broker.stop()
-
-
-@pytest.fixture(scope="module")
-def full_server(tiny_model: Path, full_broker: Broker, tmp_path_factory: pytest.TempPathFactory):
+def full_server(tiny_model: Path, module_broker: Broker, tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("full")
-    env = serving_env(tmp, full_broker.bootstrap, FLYWHEEL_REPLICA_ID="replica-full", FLYWHEEL_CANARY_FRACTION="1.0")
-    server = start_serving(tiny_model, tmp, full_broker.bootstrap, env)
+    env = serving_env(tmp, module_broker.bootstrap, FLYWHEEL_REPLICA_ID="replica-full", FLYWHEEL_CANARY_FRACTION="1.0")
+    server = start_serving(tiny_model, tmp, module_broker.bootstrap, env)
     yield server
     stop_process(server.process)
 
@@ -58,12 +51,12 @@ def merge(server, tiny_model: Path, version: str, *extra: str) -> subprocess.Com
 
 
 def test_a_merged_version_reloads_in_place_under_load_and_a_rollback_restores_the_base(
-    full_server, full_broker, tiny_model
+    full_server, module_broker, tiny_model
 ):
     store = store_of(full_server)
     base_answer = greedy(full_server, "base")
     adapter = make_lora_version(tiny_model, store, "lora-1", seed=11)
-    announce(full_broker.bootstrap, store, adapter)
+    announce(module_broker.bootstrap, store, adapter)
     wait_policy(full_server, lambda s: s["canary_version"] == "lora-1", "lora-1 as canary")
 
     results: list[dict] = []
@@ -118,7 +111,7 @@ def test_a_merged_version_reloads_in_place_under_load_and_a_rollback_restores_th
 
 
 def test_full_weights_of_another_model_or_corrupted_are_refused_before_the_engine_sees_them(
-    full_server, full_broker, tiny_model, tmp_path
+    full_server, module_broker, tiny_model, tmp_path
 ):
     store = store_of(full_server)
     before = greedy(full_server, full_server_weights(full_server))
@@ -130,12 +123,12 @@ def test_full_weights_of_another_model_or_corrupted_are_refused_before_the_engin
         (tmp / "config.json").write_bytes((other / "config.json").read_bytes())
 
     wrong = store.publish("other-model", write_other, parent="base", base_model=str(other), kind="full")
-    announce(full_broker.bootstrap, store, wrong)
+    announce(module_broker.bootstrap, store, wrong)
 
     make_lora_version(tiny_model, store, "lora-2", seed=12)
     assert merge(full_server, tiny_model, "lora-2", "--no-announce").returncode == 0
     _corrupt(store.path("lora-2-full") / "model.safetensors")
-    announce(full_broker.bootstrap, store, store.manifest("lora-2-full"))
+    announce(module_broker.bootstrap, store, store.manifest("lora-2-full"))
 
     status = wait_policy(full_server, lambda s: {"other-model", "lora-2-full"} <= set(s["refused"]), "both refusals")
     assert "the served model's is" in status["refused"]["other-model"]

@@ -51,15 +51,8 @@ def start_serving(tiny_model: Path, tmp: Path, bootstrap: str, env: dict[str, st
 
 
 @pytest.fixture(scope="module")
-def swap_broker() -> Broker:
-    broker = Broker(port=free_port()).start()
-    yield broker
-    broker.stop()
-
-
-@pytest.fixture(scope="module")
-def swap_server(tiny_model: Path, swap_broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> RunningServer:
-    server = start_serving(tiny_model, tmp_path_factory.mktemp("swap"), swap_broker.bootstrap)
+def swap_server(tiny_model: Path, module_broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> RunningServer:
+    server = start_serving(tiny_model, tmp_path_factory.mktemp("swap"), module_broker.bootstrap)
     yield server
     stop_process(server.process)
 
@@ -110,7 +103,7 @@ async def stream_forever(url: str, key: str, stop: asyncio.Event, results: list[
     await client.close()
 
 
-def test_ten_versions_swap_in_under_streaming_load_with_no_failed_request(swap_server, swap_broker, tiny_model):
+def test_ten_versions_swap_in_under_streaming_load_with_no_failed_request(swap_server, module_broker, tiny_model):
     store = store_of(swap_server)
     manifests = [make_lora_version(tiny_model, store, f"v{i:02d}", seed=i) for i in range(1, 11)]
     under_load: dict[str, str] = {}
@@ -125,7 +118,7 @@ def test_ten_versions_swap_in_under_streaming_load_with_no_failed_request(swap_s
         try:
             await asyncio.sleep(2)
             for manifest in manifests:
-                await asyncio.to_thread(announce, swap_broker.bootstrap, store, manifest)
+                await asyncio.to_thread(announce, module_broker.bootstrap, store, manifest)
                 await asyncio.to_thread(
                     wait_policy, swap_server, lambda s, v=manifest.version: s["canary_version"] == v,
                     f"{manifest.version} as canary",
@@ -171,16 +164,16 @@ def _corrupt(path: Path) -> None:
 
 
 def test_corrupted_and_truncated_versions_are_refused_and_the_old_ones_keep_serving(
-    swap_server, swap_broker, tiny_model
+    swap_server, module_broker, tiny_model
 ):
     store = store_of(swap_server)
     good = make_lora_version(tiny_model, store, "good-1", seed=101)
-    announce(swap_broker.bootstrap, store, good)
+    announce(module_broker.bootstrap, store, good)
     wait_policy(swap_server, lambda s: s["canary_version"] == "good-1", "good-1 as canary")
 
     corrupted = make_lora_version(tiny_model, store, "corrupted-1", seed=102)
     _corrupt(store.path("corrupted-1") / "adapter_model.safetensors")
-    announce(swap_broker.bootstrap, store, corrupted)
+    announce(module_broker.bootstrap, store, corrupted)
 
     def write_truncated(tmp: Path) -> None:  # the manifest matches, the weights file is cut short
         source = store.path("good-1")
@@ -189,7 +182,7 @@ def test_corrupted_and_truncated_versions_are_refused_and_the_old_ones_keep_serv
         (tmp / "adapter_model.safetensors").write_bytes(weights[: len(weights) // 2])
 
     truncated = store.publish("truncated-1", write_truncated, parent="base", base_model=str(tiny_model), kind="lora")
-    announce(swap_broker.bootstrap, store, truncated)
+    announce(module_broker.bootstrap, store, truncated)
 
     status = wait_policy(swap_server, lambda s: {"corrupted-1", "truncated-1"} <= set(s["refused"]), "both refusals")
     assert "does not match its manifest" in status["refused"]["corrupted-1"]

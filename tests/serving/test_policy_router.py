@@ -1,4 +1,5 @@
-"""The router and the chat service's re-pick when the engine's weights changed under a waiting request."""
+"""The router, where full weights go, and the chat service's re-pick when the engine's weights changed
+under a waiting request."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from types import SimpleNamespace
 import pytest
 
 from flywheel.errors import APIError
+from flywheel.rollout import RolloutState
 from flywheel.settings import ServingSettings
 from serving.chat import ChatService
 from serving.metrics import ServingMetrics
 from serving.policy import PolicyRouter, ServedPolicy
+from serving.weights import wanted_weights
 
 
 def service(router: PolicyRouter) -> ChatService:
@@ -63,3 +66,14 @@ def test_requests_wait_while_the_router_is_closed():
         return seen
 
     assert asyncio.run(run()) == ["reloaded", "served"]
+
+
+def test_full_weights_go_to_the_canarys_share_of_replicas_and_the_stables_everywhere_else():
+    kinds = {"v1-full": "full", "v2-full": "full", "v3": "lora"}.get
+    state = RolloutState(stable="v1-full", canary="v2-full", canary_fraction=0.25)
+    assert wanted_weights(state, kinds, set(), bucket=0.1, base="base") == "v2-full"
+    assert wanted_weights(state, kinds, set(), bucket=0.3, base="base") == "v1-full"
+    assert wanted_weights(state, kinds, {"v2-full"}, bucket=0.1, base="base") == "v1-full"  # a refused canary
+    adapter_canary = RolloutState(stable="v1-full", canary="v3", canary_fraction=1.0)
+    assert wanted_weights(adapter_canary, kinds, set(), bucket=0.1, base="base") == "v1-full"
+    assert wanted_weights(RolloutState(stable="v3"), kinds, set(), bucket=0.1, base="base") == "base"
