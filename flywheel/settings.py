@@ -197,7 +197,7 @@ class PPOSection(BaseModel):
     steps: int = Field(6, description="PPO updates (rollout batches) per round.")
     batch_size: int = Field(16, description="Prompts per rollout batch.")
     mini_batches: int = Field(2, description="Minibatches per rollout batch.")
-    epochs: int = Field(2, description="PPO epochs over each rollout batch.")
+    epochs: int = Field(4, description="PPO epochs over each rollout batch (2 left a round's policy where it was).")
     response_length: int = Field(64, description="Most tokens a rollout response may have.")
     learning_rate: float = Field(5e-4, description="AdamW learning rate, constant (policy LoRA and value head).")
     kl_coef: float = Field(0.05, description="β: per-token KL penalty to the reference, folded into the reward.")
@@ -217,7 +217,7 @@ class GateSection(BaseModel):
     eval_samples: int = Field(4, description="Answers sampled per held-out prompt (same seeds for every policy).")
     min_reward_gain: float = Field(0.0, description="Mean per-prompt reward gain over the parent must exceed this.")
     min_gain_stderrs: float = Field(2.0, description="...and exceed this many standard errors of the per-prompt gains.")
-    kl_budget: float = Field(15.0, description="Largest mean sequence KL(policy ‖ reference) in nats.")
+    kl_budget: float = Field(25.0, description="Largest mean sequence KL(policy ‖ reference) in nats.")
     length_band: float = Field(2.0, description="Mean answer length may grow to at most x times the reference's.")
     min_length_ratio: float = Field(0.125, description="...and shrink to no less than x times it (no blanks).")
 
