@@ -37,6 +37,7 @@ def build_app(settings: FeedbackSettings, start_grpc: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         retention_s = settings.outbox_retention_hours * 3600
+        log.info("feedback configuration: %s", settings.describe())
         relay = RelayProcess(
             settings.outbox_path, settings.kafka_bootstrap, settings.relay_batch, retention_s,
             manage_topics=settings.create_topics,
@@ -50,7 +51,7 @@ def build_app(settings: FeedbackSettings, start_grpc: bool = True) -> FastAPI:
         )
         relay.start()
         service = FeedbackService(
-            FeedbackToken(settings.feedback_token_secret),
+            FeedbackToken(settings.feedback_token_secret.get_secret_value()),
             outbox,
             metrics,
             settings,

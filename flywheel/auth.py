@@ -7,6 +7,9 @@ to a user by serving names the same user the feedback service sees.
 from __future__ import annotations
 
 import hashlib
+import hmac
+
+from pydantic import SecretStr
 
 
 class Unauthorized(Exception):
@@ -20,6 +23,18 @@ def bearer_key(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer" or not key.strip():
         return None
     return key.strip()
+
+
+def admin_key_matches(authorization: str | None, admin_key: SecretStr) -> bool:
+    """Whether a request's `Authorization` carries the admin key; constant time, any bytes.
+
+    The one admin check of every service and transport (HTTP routes, gRPC metadata), so none
+    compares keys with `!=` or leaks their length through timing.
+    """
+    key = bearer_key(authorization)
+    if key is None:
+        return False
+    return hmac.compare_digest(key.encode("utf-8", "surrogateescape"), admin_key.get_secret_value().encode("utf-8"))
 
 
 def resolve_user(

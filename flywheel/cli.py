@@ -93,7 +93,7 @@ def _trainer_settings(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import dataclasses
+    """The trainer service, or (--once) one round: JSON on stdout, non-zero unless it published or trained."""
     import json
 
     from flywheel.models import resolve_model
@@ -104,22 +104,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         import uvicorn
 
         from trainer.app import build_app
+        from trainer.lock import DatasetLock
 
+        probe = DatasetLock(settings.lock_path)  # a clear message now, not a traceback from the lifespan
+        probe.acquire()
+        probe.release()
         uvicorn.run(build_app(settings, base_model), host=settings.host, port=settings.port, log_level="warning",
                     timeout_graceful_shutdown=10)  # fmt: skip
         return 0
-    from trainer.service import TrainerService
+    from trainer.once import SUCCESS, run_once
 
-    log.info("trainer configuration: %s", settings.model_dump_json(exclude={"feedback_token_secret", "api_keys"}))
-    service = TrainerService(settings, base_model)
-    try:
-        service.catch_up()
-        result = service.run_round(reward_only=args.reward_only)
-        service.announcer.announce_pending(service.context.policies)
-    finally:
-        service.stop()
-    print(json.dumps(dataclasses.asdict(result), indent=2))  # noqa: T201
-    return 1 if result.outcome == "failed" else 0
+    result = run_once(settings, base_model, args.reward_only)
+    print(json.dumps(result, indent=2))  # noqa: T201
+    if result["outcome"] in SUCCESS:
+        return 0
+    print(f"flywheel: round {result['round']} {result['outcome']}: {result['reason']}", file=sys.stderr)  # noqa: T201
+    return 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -154,7 +154,7 @@ def _policy_call(args: argparse.Namespace, method: str, request=None) -> dict:
     from flywheel.settings import CommonSettings
     from flywheel.v1 import policy_pb2, policy_pb2_grpc
 
-    key = args.admin_key or CommonSettings().admin_key
+    key = args.admin_key or CommonSettings().admin_key.get_secret_value()
     request = request or getattr(policy_pb2, f"{method}Request")()
     with grpc.insecure_channel(args.serving) as channel:
         try:
@@ -190,7 +190,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from feedback.client import import_pairs
     from flywheel.settings import FeedbackSettings
 
-    admin_key = args.admin_key or FeedbackSettings().admin_key
+    admin_key = args.admin_key or FeedbackSettings().admin_key.get_secret_value()
     result = import_pairs(args.file, args.feedback_url, admin_key, args.source)
     print(result.summary())  # noqa: T201
     return 0 if result.accepted + result.duplicates > 0 else 1
@@ -303,7 +303,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     admin_key_hint = (
         f"admin key: {PLACEHOLDER_SECRET!r}, the local placeholder; set FLYWHEEL_ADMIN_KEY to change it"
-        if settings.admin_key == PLACEHOLDER_SECRET
+        if settings.admin_key.get_secret_value() == PLACEHOLDER_SECRET
         else "admin key: the value of FLYWHEEL_ADMIN_KEY"
     )
 

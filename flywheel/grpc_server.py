@@ -7,8 +7,18 @@ from collections.abc import Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from pydantic import SecretStr
+
+from flywheel.auth import admin_key_matches
 
 log = logging.getLogger(__name__)
+
+
+async def require_admin(context: grpc.aio.ServicerContext, admin_key: SecretStr) -> None:
+    """Abort the call with UNAUTHENTICATED unless its metadata carries the admin key."""
+    metadata = dict(context.invocation_metadata() or ())
+    if not admin_key_matches(metadata.get("authorization"), admin_key):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "the admin key is required (authorization: Bearer <key>)")
 
 
 async def start_grpc_server(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRET = "change-me-local-only"
@@ -34,13 +34,17 @@ class CommonSettings(BaseSettings):
     )
     data_dir: Path = Field(Path(".flywheel"), description="Converted models, store, SQLite, logs.")
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
-    feedback_token_secret: str = Field(PLACEHOLDER_SECRET, description="HMAC key shared by serving and feedback.")
-    api_keys: str = Field(
+    feedback_token_secret: SecretStr = Field(
+        SecretStr(PLACEHOLDER_SECRET), description="HMAC key shared by serving and feedback."
+    )
+    api_keys: SecretStr = Field(
         "",
         description="Comma-separated 'key:user_id' pairs; a Bearer key maps to its user id.",
     )
     allow_anonymous: bool = Field(True, description="Serve requests without a known API key under an anonymous id.")
-    admin_key: str = Field(PLACEHOLDER_SECRET, description="Bearer key for admin routes and the control plane.")
+    admin_key: SecretStr = Field(
+        SecretStr(PLACEHOLDER_SECRET), description="Bearer key for admin routes and the control plane."
+    )
     create_topics: bool = Field(
         True, description="Create missing topics (the local broker); off where the cluster's Kafka owns them."
     )
@@ -50,12 +54,12 @@ class CommonSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_placeholder_secrets(self) -> CommonSettings:
-        if self.env != "local" and self.feedback_token_secret == PLACEHOLDER_SECRET:
+        if self.env != "local" and self.feedback_token_secret.get_secret_value() == PLACEHOLDER_SECRET:
             raise PlaceholderSecretError(
                 "FLYWHEEL_FEEDBACK_TOKEN_SECRET still holds the placeholder; set a real secret "
                 "(it is only allowed with FLYWHEEL_ENV=local)"
             )
-        if self.env != "local" and self.admin_key == PLACEHOLDER_SECRET:
+        if self.env != "local" and self.admin_key.get_secret_value() == PLACEHOLDER_SECRET:
             raise PlaceholderSecretError(
                 "FLYWHEEL_ADMIN_KEY still holds the placeholder; set a real key (only FLYWHEEL_ENV=local allows it)"
             )
@@ -64,12 +68,17 @@ class CommonSettings(BaseSettings):
     def api_key_map(self) -> dict[str, str]:
         """Parse `api_keys` into {key: user_id}; malformed entries are a start-up error."""
         mapping: dict[str, str] = {}
-        for entry in filter(None, (part.strip() for part in self.api_keys.split(","))):
+        for entry in filter(None, (part.strip() for part in self.api_keys.get_secret_value().split(","))):
             key, sep, user = entry.partition(":")
             if not sep or not key or not user:
-                raise ValueError(f"FLYWHEEL_API_KEYS entry {entry!r} is not 'key:user_id'")
+                # The entry holds a key: name its position, never its text.
+                raise ValueError(f"FLYWHEEL_API_KEYS entry {len(mapping) + 1} is not 'key:user_id'")
             mapping[key] = user
         return mapping
+
+    def describe(self) -> str:
+        """The resolved configuration as JSON for the start-up log; every secret shows as '**********'."""
+        return self.model_dump_json()
 
     @property
     def models_dir(self) -> Path:
@@ -189,6 +198,11 @@ class RewardSection(BaseModel):
         12, description="Held-out prompts at least, while prompts are few (next in hash order; at most a quarter)."
     )
     accuracy_floor: float = Field(0.6, description="Held-out pairwise accuracy a new reward model must reach.")
+    accuracy_tolerance_stderrs: float = Field(
+        1.64,
+        ge=0.0,
+        description="Standard errors of the held-out accuracy the floor and the not-below-the-previous rule allow.",
+    )
 
 
 class PPOSection(BaseModel):
@@ -270,3 +284,8 @@ class TrainerSettings(CommonSettings):
     @property
     def work_dir(self) -> Path:
         return self.data_dir / "trainer" / "work"
+
+    @property
+    def lock_path(self) -> Path:
+        """Held by the one trainer of this dataset (trainer/lock.py)."""
+        return self.data_dir / "trainer" / "trainer.lock"

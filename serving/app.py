@@ -48,12 +48,13 @@ def build_app(
     """Build the serving app. The engine starts in the lifespan (tests may inject a factory)."""
     metrics = ServingMetrics()
     api_keys = settings.api_key_map()
-    tokens = FeedbackToken(settings.feedback_token_secret)
+    tokens = FeedbackToken(settings.feedback_token_secret.get_secret_value())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from serving.engine import build_engine
 
+        log.info("serving configuration: %s", settings.describe())
         model_path = await asyncio.to_thread(resolve_model, settings.model, settings.models_dir)
         engine = (engine_factory or build_engine)(settings, model_path)
         events = publisher or completion_publisher(settings, metrics)

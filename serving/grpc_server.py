@@ -5,13 +5,12 @@ Every call needs the admin key ("authorization: Bearer <key>" metadata).
 
 from __future__ import annotations
 
-import hmac
 import logging
 
 import grpc
+from pydantic import SecretStr
 
-from flywheel.auth import bearer_key
-from flywheel.grpc_server import start_grpc_server
+from flywheel.grpc_server import require_admin, start_grpc_server
 from flywheel.v1 import policy_pb2, policy_pb2_grpc
 from serving.rollout import PolicyReceiver
 from serving.versions import RefusedVersion
@@ -47,17 +46,12 @@ def status_message(receiver: PolicyReceiver) -> policy_pb2.GetStatusResponse:
 
 
 class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
-    def __init__(self, receiver: PolicyReceiver, admin_key: str) -> None:
+    def __init__(self, receiver: PolicyReceiver, admin_key: SecretStr) -> None:
         self.receiver = receiver
         self.admin_key = admin_key
 
     async def _authorise(self, context: grpc.aio.ServicerContext) -> None:
-        metadata = dict(context.invocation_metadata() or ())
-        key = bearer_key(metadata.get("authorization"))
-        if key is None or not hmac.compare_digest(key.encode(), self.admin_key.encode()):
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED, "the admin key is required (authorization: Bearer <key>)"
-            )
+        await require_admin(context, self.admin_key)
 
     def _action(self, ok: bool, message: str) -> policy_pb2.PolicyActionResponse:
         return policy_pb2.PolicyActionResponse(ok=ok, message=message, status=status_message(self.receiver))
@@ -94,7 +88,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         return self._action(*await self.receiver.set_canary_fraction(request.fraction))
 
 
-async def start_policy_server(receiver: PolicyReceiver, host: str, port: int, admin_key: str) -> grpc.aio.Server:
+async def start_policy_server(receiver: PolicyReceiver, host: str, port: int, admin_key: SecretStr) -> grpc.aio.Server:
     servicer = PolicyServicer(receiver, admin_key)
     return await start_grpc_server(
         lambda server: policy_pb2_grpc.add_PolicyServiceServicer_to_server(servicer, server), SERVICE_NAME, host, port

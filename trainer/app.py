@@ -39,10 +39,11 @@ def build_app(settings: TrainerSettings, base_model: str) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        log.info("trainer configuration: %s", settings.model_dump_json(exclude={"feedback_token_secret", "api_keys"}))
-        service = TrainerService(settings, base_model, metrics)
+        log.info("trainer configuration: %s", settings.describe())
+        service = TrainerService(settings, base_model, metrics, grpc_address=f"{settings.host}:{settings.grpc_port}")
         service.start()
-        grpc_server = await start_grpc_server(TrainerServicer(service), settings.host, settings.grpc_port)
+        servicer = TrainerServicer(service, settings.admin_key)
+        grpc_server = await start_grpc_server(servicer, settings.host, settings.grpc_port)
         app.state.service = service
         try:
             yield

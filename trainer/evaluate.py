@@ -132,14 +132,37 @@ def reward_gain(new: PolicyMeasure, parent: PolicyMeasure) -> tuple[float, float
     return mean, math.sqrt(variance / len(gains))
 
 
-def reward_model_gate(accuracy: float, previous_accuracy: float | None, config: RewardSection) -> str:
-    """Why the new reward model must not be used ('' when it passes)."""
-    if math.isnan(accuracy):
+def reward_model_gate(correct: Sequence[float], previous_correct: Sequence[float] | None, config: RewardSection) -> str:
+    """Why the new reward model must not be used ('' when it passes).
+
+    `correct` is the new model's per-pair result on the held-out pairs (1, 0.5 for a tie, 0), and
+    `previous_correct` its predecessor's on the same pairs. With a few dozen pairs an accuracy moves
+    by ±0.1 from noise alone, so both rules allow `accuracy_tolerance_stderrs` standard errors: the
+    floor the binomial one at the floor, the predecessor the paired one of the per-pair differences
+    (a model as good as the floor, or as its predecessor, is refused by noise ~5 % of the time at 1.64).
+    """
+    if not correct:
         return "no held-out pairs to measure the reward model on"
-    if accuracy < config.accuracy_floor:
-        return f"reward model held-out accuracy {accuracy:.3f} is below the floor {config.accuracy_floor:.3f}"
-    if previous_accuracy is not None and accuracy < previous_accuracy:
-        return f"reward model held-out accuracy {accuracy:.3f} fell below the previous model's {previous_accuracy:.3f}"
+    n, z = len(correct), config.accuracy_tolerance_stderrs
+    accuracy = sum(correct) / n
+    floor = config.accuracy_floor
+    tolerance = z * math.sqrt(floor * (1.0 - floor) / n)
+    if accuracy < floor - tolerance:
+        return (
+            f"reward model held-out accuracy {accuracy:.3f} on {n} pairs is below the floor {floor:.3f}"
+            f" by more than its tolerance {tolerance:.3f}"
+        )
+    if previous_correct is None:
+        return ""
+    differences = [a - b for a, b in zip(correct, previous_correct, strict=True)]
+    drop = -sum(differences) / n
+    spread = math.sqrt(sum((d + drop) ** 2 for d in differences) / (n - 1) / n) if n > 1 else 0.0
+    if drop > 0 and drop > z * spread:
+        previous = sum(previous_correct) / n
+        return (
+            f"reward model held-out accuracy {accuracy:.3f} fell below the previous model's {previous:.3f}"
+            f" on the same {n} pairs by more than noise ({drop:.3f} > {z:g} standard errors of {spread:.3f})"
+        )
     return ""
 
 

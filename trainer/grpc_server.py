@@ -6,9 +6,12 @@ import asyncio
 import logging
 
 import grpc
+from pydantic import SecretStr
 
+from flywheel.grpc_server import require_admin
 from flywheel.grpc_server import start_grpc_server as start_server
 from flywheel.v1 import trainer_pb2, trainer_pb2_grpc
+from trainer.round import RoundResult
 from trainer.service import TrainerService, TrainerStatus
 
 log = logging.getLogger(__name__)
@@ -40,22 +43,45 @@ def status_message(status: TrainerStatus) -> trainer_pb2.TrainerStatusResponse:
     return response
 
 
+def result_message(result: RoundResult) -> trainer_pb2.RoundSummary:
+    summary = trainer_pb2.RoundSummary(
+        round=result.round, outcome=result.outcome, reason=result.reason, version=result.version,
+        duration_seconds=result.metrics.get("seconds_round", 0.0),
+    )  # fmt: skip
+    for key, value in result.metrics.items():
+        if isinstance(value, int | float):
+            summary.metrics[key] = float(value)
+    return summary
+
+
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
-    def __init__(self, service: TrainerService) -> None:
+    """GetStatus is open (as HTTP /status is); every call that changes what the trainer does needs the admin key."""
+
+    def __init__(self, service: TrainerService, admin_key: SecretStr) -> None:
         self.service = service
+        self.admin_key = admin_key
 
     async def GetStatus(self, request, context):
         status = await asyncio.to_thread(self.service.status)
         return status_message(status)
 
     async def TriggerRound(self, request, context):
-        accepted, message = self.service.trigger(request.reward_only)
-        return trainer_pb2.TriggerRoundResponse(accepted=accepted, message=message)
+        await require_admin(context, self.admin_key)
+        if not request.wait:
+            accepted, message = self.service.trigger(request.reward_only)
+            return trainer_pb2.TriggerRoundResponse(accepted=accepted, message=message)
+        # Queued behind a running round, never refused; the round runs on even if the caller goes away.
+        result = await asyncio.wrap_future(self.service.request_round(request.reward_only))
+        return trainer_pb2.TriggerRoundResponse(
+            accepted=True, message=f"round {result.round}: {result.outcome}", result=result_message(result)
+        )
 
     async def Pause(self, request, context):
+        await require_admin(context, self.admin_key)
         return trainer_pb2.PauseResponse(paused=self.service.pause())
 
     async def Resume(self, request, context):
+        await require_admin(context, self.admin_key)
         return trainer_pb2.PauseResponse(paused=self.service.resume())
 
 

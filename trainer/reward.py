@@ -80,14 +80,15 @@ class RewardModel:
         ids = [dialogue_ids(self.tokenizer, m, a, self.max_length) for m, a in zip(messages, answers, strict=True)]
         return self.score_ids(ids)
 
-    def accuracy(self, pairs: Sequence[Pair]) -> float:
-        """Share of pairs whose chosen answer scores above the rejected one (ties count half)."""
-        if not pairs:
-            return float("nan")
+    def correct(self, pairs: Sequence[Pair]) -> list[float]:
+        """Per pair: 1 when the chosen answer scores above the rejected one, 0.5 for a tie, else 0."""
         chosen = self.score([p.messages for p in pairs], [p.chosen for p in pairs])
         rejected = self.score([p.messages for p in pairs], [p.rejected for p in pairs])
-        wins = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected, strict=True))
-        return wins / len(pairs)
+        return [1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected, strict=True)]
+
+    def accuracy(self, pairs: Sequence[Pair]) -> float:
+        """Share of pairs whose chosen answer scores above the rejected one (ties count half)."""
+        return sum(self.correct(pairs)) / len(pairs) if pairs else float("nan")
 
 
 def _base_classifier(base_model: str, tokenizer: PreTrainedTokenizerBase) -> torch.nn.Module:

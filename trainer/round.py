@@ -313,14 +313,16 @@ def update_reward_model(ctx: RoundContext, pairs: PairSet, round_id: int) -> Rew
         _step_logger("reward model"), start_from=ctx.reward_models.path(previous[0]) if continuing else None,
         epochs=config.continue_epochs if continuing else config.epochs,
     )  # fmt: skip
-    accuracy = training.reward_model.accuracy(pairs.heldout)
+    correct = training.reward_model.correct(pairs.heldout)
+    accuracy = sum(correct) / len(correct) if correct else float("nan")
     summary = {"reward_loss": training.loss, "reward_accuracy": accuracy,
                "reward_examples_per_s": training.examples_per_s, "reward_pairs": len(chosen),
                "reward_continued": float(continuing)}  # fmt: skip
-    previous_accuracy = previous[2].accuracy(pairs.heldout) if previous and pairs.heldout else None
-    if previous_accuracy is not None:
-        summary["reward_accuracy_previous"] = previous_accuracy
-    refused = reward_model_gate(accuracy, previous_accuracy, config)
+    previous_correct = previous[2].correct(pairs.heldout) if previous and pairs.heldout else None
+    if previous_correct:
+        summary["reward_accuracy_previous"] = sum(previous_correct) / len(previous_correct)
+    summary["reward_heldout_pairs"] = len(correct)
+    refused = reward_model_gate(correct, previous_correct, config)
     if refused:
         if previous is None:
             return RewardUpdate(None, "", refused, True, accuracy, summary)

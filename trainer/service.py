@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from kafka.errors import KafkaError
@@ -20,6 +21,7 @@ from flywheel.store import ModelStore
 from flywheel.v1 import events_pb2
 from trainer.dataset import DatasetStore
 from trainer.ingest import Ingestor
+from trainer.lock import DatasetLock
 from trainer.metrics import TrainerMetrics
 from trainer.records import RoundRecord
 from trainer.rollout import RolloutController
@@ -88,7 +90,20 @@ class PolicyAnnouncer:
 
 
 class TrainerService:
-    def __init__(self, settings: TrainerSettings, base_model: str, metrics: TrainerMetrics | None = None) -> None:
+    """The trainer of one dataset: it holds the dataset's lock (DatasetLocked if another trainer does)."""
+
+    def __init__(
+        self, settings: TrainerSettings, base_model: str, metrics: TrainerMetrics | None = None, grpc_address: str = ""
+    ) -> None:
+        self.lock = DatasetLock(settings.lock_path)
+        self.lock.acquire(grpc_address)
+        try:
+            self._open(settings, base_model, metrics)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open(self, settings: TrainerSettings, base_model: str, metrics: TrainerMetrics | None) -> None:
         import torch
 
         torch.set_num_threads(settings.torch_threads)
@@ -113,7 +128,7 @@ class TrainerService:
         self._lock = threading.Lock()
         self._paused = False
         self._round_running = False
-        self._requested: bool | None = None  # an operator's trigger: its reward_only flag
+        self._requests: list[tuple[bool, Future[RoundResult]]] = []  # operators' triggers: reward_only, result
         self._last_round_at = time.monotonic()
         self._threads: list[threading.Thread] = []
         self.ingestor: Ingestor | None = None
@@ -135,16 +150,30 @@ class TrainerService:
             thread.join(timeout=5 if thread.name == "trainer-ingest" else 0.1)
         self.controller.stop()
         self.announcer.close()
+        with self._lock:
+            waiting, self._requests = self._requests, []
+        for _, future in waiting:
+            future.set_exception(RuntimeError("the trainer stopped before the requested round ran"))
+        self.lock.release()
 
     # -- operator controls
 
     def trigger(self, reward_only: bool = False) -> tuple[bool, str]:
+        """Ask for a round now; refused while one runs."""
         with self._lock:
             if self._round_running:
                 return False, "a round is running; try again when it ends"
-            self._requested = reward_only
+            self._requests.append((reward_only, Future()))
         self._wake.set()
         return True, "round requested" + (" (reward model only)" if reward_only else "")
+
+    def request_round(self, reward_only: bool = False) -> Future[RoundResult]:
+        """Queue a round (after the running one, if any); the future holds its result."""
+        future: Future[RoundResult] = Future()
+        with self._lock:
+            self._requests.append((reward_only, future))
+        self._wake.set()
+        return future
 
     def pause(self) -> bool:
         with self._lock:
@@ -196,12 +225,11 @@ class TrainerService:
         if self.ingestor is not None:
             self.ingestor.close()
 
-    def _due(self) -> bool | None:
-        """reward_only flag of the round to run now, or None when none is due."""
+    def _due(self) -> tuple[bool, Future[RoundResult] | None] | None:
+        """(reward_only, the requester's future) of the round to run now, or None when none is due."""
         with self._lock:
-            if self._requested is not None:
-                requested, self._requested = self._requested, None
-                return requested
+            if self._requests:
+                return self._requests.pop(0)
             if self._paused:
                 return None
         new = self.dataset.count_feedback(self.dataset.last_round_seq())
@@ -209,10 +237,10 @@ class TrainerService:
         self.metrics.feedback_waiting.set(self.dataset.waiting_feedback())
         rounds = self.settings.rounds
         if new >= rounds.min_new_feedback:
-            return False
+            return False, None
         interval = rounds.interval_s
         if interval > 0 and new > 0 and time.monotonic() - self._last_round_at >= interval:
-            return False
+            return False, None
         return None
 
     def _round_loop(self) -> None:
@@ -221,12 +249,20 @@ class TrainerService:
                 self.announcer.announce_pending(self.context.policies)
             except KafkaError as exc:
                 log.warning("cannot announce published versions yet: %s", exc)
-            reward_only = self._due()
-            if reward_only is None:
+            due = self._due()
+            if due is None:
                 self._wake.wait(timeout=5)
                 self._wake.clear()
                 continue
-            self.run_round(reward_only)
+            reward_only, future = due
+            try:
+                result = self.run_round(reward_only)
+            except BaseException as exc:
+                if future is not None:
+                    future.set_exception(exc)
+                raise
+            if future is not None:
+                future.set_result(result)
 
     def run_round(self, reward_only: bool = False) -> RoundResult:
         with self._lock:

@@ -13,7 +13,7 @@ from feedback.protocol import (
     PreferenceImport,
 )
 from feedback.service import FeedbackRejected, FeedbackService
-from flywheel.auth import bearer_key
+from flywheel.auth import admin_key_matches
 from flywheel.errors import APIError, ErrorResponse
 from flywheel.http import caller_id
 
@@ -53,7 +53,7 @@ async def create_comparison(body: ComparisonCreate, request: Request, authorizat
 async def import_preferences(
     body: PreferenceImport, request: Request, authorization: str | None = Header(default=None)
 ):
-    if bearer_key(authorization) != request.app.state.settings.admin_key:
+    if not admin_key_matches(authorization, request.app.state.settings.admin_key):
         raise APIError(401, "the import route needs the admin key (Authorization: Bearer <admin key>)",
                        type_="authentication_error", code="invalid_admin_key")  # fmt: skip
     service = feedback_service(request)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hmac
-
 from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from flywheel.auth import bearer_key
+from flywheel.auth import admin_key_matches
 from flywheel.errors import APIError
 from serving.rollout import PolicyReceiver
 from serving.versions import RefusedVersion
@@ -44,9 +42,7 @@ def _receiver(request: Request) -> PolicyReceiver:
 
 
 def _admin(request: Request, authorization: str | None) -> PolicyReceiver:
-    key = bearer_key(authorization)
-    expected = request.app.state.settings.admin_key
-    if key is None or not hmac.compare_digest(key.encode(), expected.encode()):
+    if not admin_key_matches(authorization, request.app.state.settings.admin_key):
         raise APIError(401, "the admin key is required (Authorization: Bearer <key>)", type_="authentication_error")
     return _receiver(request)
 

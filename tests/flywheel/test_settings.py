@@ -1,8 +1,8 @@
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
-from flywheel.auth import Unauthorized, resolve_user
-from flywheel.settings import PLACEHOLDER_SECRET, ServingSettings
+from flywheel.auth import Unauthorized, admin_key_matches, resolve_user
+from flywheel.settings import PLACEHOLDER_SECRET, FeedbackSettings, ServingSettings, TrainerSettings
 
 
 def test_placeholder_secret_is_refused_outside_local(monkeypatch):
@@ -13,14 +13,40 @@ def test_placeholder_secret_is_refused_outside_local(monkeypatch):
     with pytest.raises(ValidationError, match="FLYWHEEL_ADMIN_KEY still holds the placeholder"):
         ServingSettings()  # the admin key guards serving's control plane too
     monkeypatch.setenv("FLYWHEEL_ADMIN_KEY", "a-real-admin-key")
-    assert ServingSettings().feedback_token_secret == "a-real-secret"
-    assert ServingSettings().admin_key == "a-real-admin-key"
+    assert ServingSettings().feedback_token_secret.get_secret_value() == "a-real-secret"
+    assert ServingSettings().admin_key.get_secret_value() == "a-real-admin-key"
 
 
 def test_placeholder_secret_is_allowed_locally(monkeypatch):
     monkeypatch.delenv("FLYWHEEL_FEEDBACK_TOKEN_SECRET", raising=False)
     monkeypatch.setenv("FLYWHEEL_ENV", "local")
-    assert ServingSettings().feedback_token_secret == PLACEHOLDER_SECRET
+    assert ServingSettings().feedback_token_secret.get_secret_value() == PLACEHOLDER_SECRET
+
+
+@pytest.mark.parametrize("settings_class", [ServingSettings, FeedbackSettings, TrainerSettings])
+def test_the_logged_configuration_masks_every_secret(monkeypatch, settings_class):
+    monkeypatch.setenv("FLYWHEEL_ADMIN_KEY", "admin-key-value-1")
+    monkeypatch.setenv("FLYWHEEL_FEEDBACK_TOKEN_SECRET", "token-secret-value-2")
+    monkeypatch.setenv("FLYWHEEL_API_KEYS", "user-key-value-3:alice")
+    described = settings_class().describe()
+    for secret in ("admin-key-value-1", "token-secret-value-2", "user-key-value-3", "change-me-local-only"):
+        assert secret not in described
+    assert '"admin_key":"**********"' in described
+    assert '"data_dir"' in described  # the rest of the configuration is all there
+
+
+def test_a_malformed_api_key_entry_is_named_by_position_not_by_its_text():
+    with pytest.raises(ValueError) as raised:
+        ServingSettings(api_keys="k1:alice,secretkeytext").api_key_map()
+    assert "entry 2" in str(raised.value)
+    assert "secretkeytext" not in str(raised.value)
+
+
+def test_the_admin_check_is_exact_and_takes_any_bytes():
+    key = SecretStr("the-admin-key")
+    assert admin_key_matches("Bearer the-admin-key", key)
+    for wrong in (None, "", "Bearer", "Bearer the-admin-ke", "Basic the-admin-key", "Bearer clé-\udcff"):
+        assert not admin_key_matches(wrong, key)
 
 
 def test_api_keys_parse_and_reject_malformed_entries():

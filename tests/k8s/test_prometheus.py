@@ -32,7 +32,7 @@ from tests.k8s.promql import (
     prometheus_rule,
     with_grafana_variables,
 )
-from tests.trainer.conftest import start_trainer
+from tests.trainer.conftest import ADMIN_METADATA, start_trainer
 
 pytestmark = pytest.mark.engine
 
@@ -203,7 +203,7 @@ def exercised(serving_server, feedback_server, trainer, prometheus) -> dict:
 
     with grpc.insecure_channel(trainer.grpc) as channel:
         stub = trainer_pb2_grpc.TrainerServiceStub(channel)
-        assert stub.TriggerRound(trainer_pb2.TriggerRoundRequest(), timeout=10).accepted
+        assert stub.TriggerRound(trainer_pb2.TriggerRoundRequest(), timeout=10, metadata=ADMIN_METADATA).accepted
 
     def finished_round():
         rounds = _trainer_status(trainer)["recent_rounds"]

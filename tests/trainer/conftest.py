@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from flywheel.settings import TrainerSettings
-from tests.conftest import free_port, start_process, stop_process, wait_ready
+from tests.conftest import ADMIN_KEY, free_port, start_process, stop_process, wait_ready
 from tests.trainer.synthetic import build_taught_policy
 
 # Small enough for a round on the tiny policy in about a minute, large enough to learn the rule.
@@ -21,6 +21,9 @@ FAST = {
             "temperature": 1.0},
     "gates": {"eval_prompts": 16, "kl_budget": 50.0, "length_band": 3.0},
 }  # fmt: skip
+
+
+ADMIN_METADATA = [("authorization", f"Bearer {ADMIN_KEY}")]  # the trainer's control calls need the admin key
 
 
 def fast_env() -> dict[str, str]:
@@ -63,7 +66,8 @@ def start_trainer(tmp: Path, kafka: str, model: Path, **extra: str) -> TrainerPr
     port, grpc_port = free_port(), free_port()
     env = dict(os.environ)
     env.update(fast_env())
-    env.update({"FLYWHEEL_DATA_DIR": str(tmp / "data"), "FLYWHEEL_KAFKA_BOOTSTRAP": kafka, **extra})
+    env.update({"FLYWHEEL_DATA_DIR": str(tmp / "data"), "FLYWHEEL_KAFKA_BOOTSTRAP": kafka,
+                "FLYWHEEL_ADMIN_KEY": ADMIN_KEY, **extra})  # fmt: skip
     args = [sys.executable, "-m", "flywheel.cli", "--log-level", "debug", "train", "--model", str(model),
             "--port", str(port), "--grpc-port", str(grpc_port)]  # fmt: skip
     trainer = TrainerProcess(f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", None, tmp / "trainer.log", args, env)

@@ -13,11 +13,35 @@ REFERENCE = PolicyMeasure((0.5, 0.5, 0.5, 0.5), 0.0, 40)
 
 
 def test_reward_model_gate_wants_the_floor_and_no_regression():
-    config = RewardSection(accuracy_floor=0.6)
-    assert reward_model_gate(0.8, 0.75, config) == ""
-    assert "below the floor" in reward_model_gate(0.55, None, config)
-    assert "fell below the previous" in reward_model_gate(0.7, 0.72, config)
-    assert "no held-out pairs" in reward_model_gate(float("nan"), None, config)
+    config = RewardSection(accuracy_floor=0.6, accuracy_tolerance_stderrs=0.0)  # no tolerance: the plain rules
+    eight_of_ten, seven_of_ten = [1.0] * 8 + [0.0] * 2, [1.0] * 7 + [0.0] * 3
+    assert reward_model_gate(eight_of_ten, seven_of_ten, config) == ""
+    assert "below the floor" in reward_model_gate([1.0] * 5 + [0.0] * 5, None, config)
+    assert "fell below the previous" in reward_model_gate(seven_of_ten, eight_of_ten, config)
+    assert "no held-out pairs" in reward_model_gate([], None, config)
+
+
+def test_the_floor_allows_the_noise_of_few_pairs_and_less_of_many():
+    config = RewardSection(accuracy_floor=0.6, accuracy_tolerance_stderrs=1.64)
+    # 10 of 17 (0.588, the learning run's refused first model): tolerance 1.64 * sqrt(0.24 / 17) = 0.195
+    assert reward_model_gate([1.0] * 10 + [0.0] * 7, None, config) == ""
+    # 6 of 17 (0.35) is still below 0.6 - 0.195
+    assert "below the floor" in reward_model_gate([1.0] * 6 + [0.0] * 11, None, config)
+    # 0.565 on 120 pairs (the HH model refused by the strict floor): tolerance 0.073, passes
+    assert reward_model_gate([1.0] * 68 + [0.0] * 52, None, config) == ""
+    # 0.52 on 1,000 pairs: tolerance 0.025, refused
+    assert "below the floor" in reward_model_gate([1.0] * 520 + [0.0] * 480, None, config)
+
+
+def test_the_previous_model_rule_is_a_paired_test_on_the_same_pairs():
+    config = RewardSection(accuracy_floor=0.0, accuracy_tolerance_stderrs=1.64)  # the floor out of the way
+    previous = [1.0] * 14 + [0.0] * 6  # 0.70 on 20 pairs
+    one_flip = [1.0] * 13 + [0.0] * 7  # 0.65: one pair lost, the rest the same
+    assert reward_model_gate(one_flip, previous, config) == ""  # a drop of 0.05 is within noise
+    much_worse = [0.0] * 8 + [1.0] * 6 + [0.0] * 6  # 0.30: eight pairs lost, none won
+    assert "fell below the previous" in reward_model_gate(much_worse, previous, config)
+    # the same accuracies unpaired would say little; paired, the differences are consistent
+    assert "by more than noise" in reward_model_gate(much_worse, previous, config)
 
 
 def test_reward_gain_is_the_mean_per_prompt_difference_with_its_standard_error():

@@ -25,7 +25,7 @@ from flywheel.store import ModelStore
 from flywheel.v1 import events_pb2, trainer_pb2, trainer_pb2_grpc
 from tests.conftest import ROOT, free_port
 from tests.kafka_helpers import consume
-from tests.trainer.conftest import start_trainer
+from tests.trainer.conftest import ADMIN_METADATA, start_trainer
 from tests.trainer.synthetic import traffic
 
 pytestmark = pytest.mark.slow
@@ -99,7 +99,7 @@ def test_a_trainer_killed_during_a_round_leaves_no_version_and_recovers(own_brok
     try:
         produce(own_broker.bootstrap, traffic(200, seed=7))
         wait_for(lambda: status(trainer)["events_ingested"] >= 400, 60, "the traffic")
-        assert stub.TriggerRound(trainer_pb2.TriggerRoundRequest(), timeout=10).accepted
+        assert stub.TriggerRound(trainer_pb2.TriggerRoundRequest(), timeout=10, metadata=ADMIN_METADATA).accepted
         wait_for(lambda: status(trainer)["round_running"], 30, "the round to start")
         time.sleep(8)  # into the reward model or PPO
         kill(trainer)
@@ -114,12 +114,38 @@ def test_a_trainer_killed_during_a_round_leaves_no_version_and_recovers(own_brok
         assert not any(p.name.startswith(".tmp-") for p in store.iterdir())  # the half-written one is gone
 
         # Paused: the trainer does not start rounds of its own, but an operator's trigger still runs.
-        assert stub.Pause(trainer_pb2.PauseRequest(), timeout=10).paused
+        assert stub.Pause(trainer_pb2.PauseRequest(), timeout=10, metadata=ADMIN_METADATA).paused
         assert status(trainer)["paused"]
-        assert stub.TriggerRound(trainer_pb2.TriggerRoundRequest(), timeout=10).accepted
+        assert stub.TriggerRound(trainer_pb2.TriggerRoundRequest(), timeout=10, metadata=ADMIN_METADATA).accepted
         version = wait_for(lambda: status(trainer)["published_version"], 300, "a published version")
-        assert not stub.Resume(trainer_pb2.ResumeRequest(), timeout=10).paused
+        assert not stub.Resume(trainer_pb2.ResumeRequest(), timeout=10, metadata=ADMIN_METADATA).paused
         metrics = httpx.get(f"{trainer.url}/metrics", timeout=10).text
+
+        # The controls need the admin key: without it, or with another, nothing changes.
+        for metadata in ((), [("authorization", "Bearer not-the-key")]):
+            for call in (stub.Pause, stub.TriggerRound):
+                request = trainer_pb2.PauseRequest() if call is stub.Pause else trainer_pb2.TriggerRoundRequest()
+                with pytest.raises(grpc.RpcError) as refused:
+                    call(request, timeout=10, metadata=metadata)
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert not status(trainer)["paused"] and not status(trainer)["round_running"]
+
+        # `train --once` beside the service asks it for the round: one trainer per dataset.
+        once = subprocess.run(
+            [sys.executable, "-m", "flywheel.cli", "train", "--once", "--reward-only", "--model", str(taught_policy)],
+            capture_output=True, text=True, cwd=ROOT, timeout=300, env=trainer.env,
+        )  # fmt: skip
+        ran = json.loads(once.stdout)
+        assert ran["ran_by"] == trainer.grpc, once.stderr[-2000:]
+        assert ran["round"] == status(trainer)["recent_rounds"][0]["round"]
+        assert ran["outcome"] == status(trainer)["recent_rounds"][0]["outcome"]
+        assert once.returncode == (0 if ran["outcome"] in ("published", "reward_updated") else 1)
+        second = subprocess.run(
+            [*trainer.args[:-4], "--port", str(free_port()), "--grpc-port", str(free_port())],
+            capture_output=True, text=True, cwd=ROOT, timeout=120, env=trainer.env,
+        )  # fmt: skip
+        assert second.returncode == 1 and "one trainer per dataset" in second.stderr, second.stderr[-2000:]
+        assert "Traceback" not in second.stderr
         shown = subprocess.run(
             [sys.executable, "-m", "flywheel.cli", "status", "--trainer", trainer.grpc],
             capture_output=True, text=True, cwd=ROOT, timeout=60,
