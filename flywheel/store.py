@@ -89,7 +89,17 @@ class ModelStore:
             shutil.rmtree(leftover, ignore_errors=True)
 
     def path(self, version: str) -> Path:
-        return self.root / version
+        """Where `version` lives; a name that is not plain, or a directory that leads out of the store, is refused.
+
+        Checked on every read, not only on publish: a version name comes from events and files
+        (PolicyPublished, rollout.json) that anyone who reaches the broker can write.
+        """
+        if not isinstance(version, str) or not _VERSION_NAME.match(version):
+            raise StoreError(f"version name {version!r} is not a plain name")
+        path = self.root / version
+        if path.is_symlink() and not path.resolve().is_relative_to(self.root.resolve()):
+            raise StoreError(f"version {version} leads out of the store")
+        return path
 
     def publish(
         self,
@@ -103,8 +113,6 @@ class ModelStore:
         extra: dict[str, object] | None = None,
     ) -> Manifest:
         """Call `write(tmp_dir)` to fill a new version, then make it visible in one rename."""
-        if not _VERSION_NAME.match(version):
-            raise StoreError(f"version name {version!r} is not a plain name")
         target = self.path(version)
         if target.exists():
             raise StoreError(f"version {version} already exists; versions are never overwritten")
@@ -156,6 +164,8 @@ class ModelStore:
         base = self.path(version)
         for entry in manifest.files:
             path = base / entry.path
+            if Path(entry.path).is_absolute() or ".." in Path(entry.path).parts:
+                raise StoreError(f"version {version}: the manifest lists a file outside the version")
             if not path.is_file():
                 raise StoreError(f"version {version}: {entry.path} is missing")
             if path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:

@@ -72,7 +72,10 @@ def check_version(store: ModelStore, version: str, max_rank: int, served: Tensor
     try:
         manifest = store.verify(version)
     except StoreError as exc:
-        reason = "missing" if "not in the store" in str(exc) or "missing" in str(exc) else "checksum"
+        text = str(exc)
+        reason = "name" if "plain name" in text or "out of the store" in text or "outside the version" in text else (
+            "missing" if "not in the store" in text or "missing" in text else "checksum"
+        )
         raise RefusedVersion(reason, str(exc)) from None
     if manifest.kind == FULL_KIND and served is not None:
         _check_full_weights(store.path(version), manifest, served)

@@ -54,8 +54,12 @@ def build_app(settings: TrainerSettings, base_model: str) -> FastAPI:
     app = FastAPI(title="Flywheel trainer", version="1", lifespan=lifespan)
 
     @app.get("/healthz")
-    async def healthz() -> dict:
-        return {"status": "ok"}
+    async def healthz(request: Request) -> JSONResponse:
+        service = getattr(request.app.state, "service", None)
+        problem = service.health() if service is not None else ""
+        if problem:
+            return JSONResponse({"status": "unhealthy", "reason": problem}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:

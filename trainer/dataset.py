@@ -86,12 +86,20 @@ class DatasetStore:
             for (topic, partition), (offset, digest) in (positions or {}).items():
                 db.execute("INSERT OR REPLACE INTO positions VALUES (?, ?, ?, ?)", (topic, partition, offset, digest))
             for topic, payload in records:
+                # Each record in a savepoint: one it cannot use is undone, skipped and counted, never
+                # left half-stored, and never stops the batch (it would stop it again on every restart).
+                db.execute("SAVEPOINT record")
                 try:
                     kind = self._ingest_one(db, topic, payload, now)
-                except (DecodeError, ValueError) as exc:
-                    log.warning("skipping an undecodable record on %s: %s", topic, exc)
+                except sqlite3.OperationalError:
+                    raise  # disk full, locked: the store's trouble, not the record's; the batch is retried
+                except (DecodeError, ValueError, IndexError, KeyError, TypeError, sqlite3.IntegrityError) as exc:
+                    db.execute("ROLLBACK TO record")
+                    db.execute("RELEASE record")
+                    log.warning("skipping a record on %s it cannot use: %s: %s", topic, type(exc).__name__, exc)
                     result.invalid += 1
                     continue
+                db.execute("RELEASE record")
                 if kind:
                     result.stored += 1
                     result.kinds[kind] += 1
@@ -132,6 +140,8 @@ class DatasetStore:
         kind = event.WhichOneof("kind")
         if not event.event_id or kind is None:
             raise ValueError("a feedback event without event_id or kind")
+        if kind == "comparison":
+            _check_comparison(event)
         seq = self._insert_event(db, event, topic, kind, payload, now, event.idempotency_key or None)
         if not seq:
             return ""
@@ -419,3 +429,12 @@ class DatasetStore:
     def set_state(self, key: str, value: str) -> None:
         with self._transaction() as db:
             db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, value))
+
+
+def _check_comparison(event: events_pb2.FeedbackEvent) -> None:
+    """A ranking names each choice once, within the choices the event says it compares (ValueError)."""
+    ranking, versions = list(event.comparison.ranking), list(event.choice_policy_versions)
+    if len(ranking) < 2 or len(set(ranking)) != len(ranking) or min(ranking) < 0:
+        raise ValueError(f"comparison {event.event_id}: ranking {ranking} is not a ranking of distinct choices")
+    if versions and max(ranking) >= len(versions):
+        raise ValueError(f"comparison {event.event_id}: ranking {ranking} points past its {len(versions)} choices")

@@ -18,7 +18,12 @@ class TrainerMetrics:
         self.events_duplicate = Counter(
             "flywheel_trainer_events_duplicate", "Records already stored (replays), not counted again.", registry=r
         )
-        self.events_invalid = Counter("flywheel_trainer_events_invalid", "Undecodable records skipped.", registry=r)
+        self.events_invalid = Counter(
+            "flywheel_trainer_events_invalid", "Records skipped as unusable (undecodable or inconsistent).", registry=r
+        )
+        self.loop_errors = Counter(
+            "flywheel_trainer_loop_errors", "Failed steps of the ingest and round loops.", ["loop"], registry=r
+        )
         self.lag = Gauge("flywheel_trainer_ingest_lag", "Records on the broker not yet stored, by topic.", ["topic"],
                          registry=r)  # fmt: skip
         self.feedback_waiting = Gauge(

@@ -39,6 +39,7 @@ from trainer.round import (
 log = logging.getLogger(__name__)
 
 ANNOUNCED_KEY = "announced:"
+UNHEALTHY_AFTER_FAILURES = 3  # a loop's steps failing this many times in a row make /healthz say so
 
 
 @dataclass
@@ -131,6 +132,8 @@ class TrainerService:
         self._requests: list[tuple[bool, Future[RoundResult]]] = []  # operators' triggers: reward_only, result
         self._last_round_at = time.monotonic()
         self._threads: list[threading.Thread] = []
+        self._loop_failures = {"ingest": 0, "rounds": 0}  # failures in a row, per loop
+        self._loop_errors = {"ingest": "", "rounds": ""}
         self.ingestor: Ingestor | None = None
         self.controller = RolloutController(settings, self.dataset, self.context.policies, self.metrics)
 
@@ -209,6 +212,25 @@ class TrainerService:
 
     # -- the two loops
 
+    def health(self) -> str:
+        """'' when both loops run; else what is wrong (for /healthz: a dead loop must not look healthy)."""
+        for thread in self._threads:
+            if not thread.is_alive() and not self._stop.is_set():
+                return f"the {thread.name} loop has stopped"
+        for loop, what in (("ingest", "ingestion"), ("rounds", "the round loop")):
+            if self._loop_failures[loop] >= UNHEALTHY_AFTER_FAILURES:
+                return f"{what} failed {self._loop_failures[loop]} times in a row: {self._loop_errors[loop]}"
+        return ""
+
+    def _loop_failed(self, loop: str, exc: BaseException) -> None:
+        """Count a failure of a loop's step and back off; the loop goes on (SQLite busy or full, a bug)."""
+        self._loop_failures[loop] += 1
+        self._loop_errors[loop] = f"{type(exc).__name__}: {exc}"
+        self.metrics.loop_errors.labels(loop).inc()
+        log.error("the %s loop failed (%d in a row): %s", loop, self._loop_failures[loop], self._loop_errors[loop],
+                  exc_info=self._loop_failures[loop] == 1)  # fmt: skip
+        self._stop.wait(min(30.0, 2.0 ** self._loop_failures[loop]))
+
     def _ingest_loop(self) -> None:
         while not self._stop.is_set():
             try:
@@ -216,12 +238,18 @@ class TrainerService:
                     self.ingestor = Ingestor.connect(self.settings.kafka_bootstrap, self.dataset, self.metrics)
                 if self.ingestor.poll(timeout_ms=500):
                     self._wake.set()
+                self._loop_failures["ingest"] = 0
             except KafkaError as exc:
                 log.warning("Kafka unavailable (%s); retrying", exc)
                 if self.ingestor is not None:
                     self.ingestor.close()
                     self.ingestor = None
                 self._stop.wait(2)
+            except Exception as exc:  # the store (disk full, locked) or a bug: read again from the saved place
+                if self.ingestor is not None:
+                    self.ingestor.close()
+                    self.ingestor = None
+                self._loop_failed("ingest", exc)
         if self.ingestor is not None:
             self.ingestor.close()
 
@@ -246,23 +274,31 @@ class TrainerService:
     def _round_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self.announcer.announce_pending(self.context.policies)
-            except KafkaError as exc:
-                log.warning("cannot announce published versions yet: %s", exc)
-            due = self._due()
-            if due is None:
-                self._wake.wait(timeout=5)
-                self._wake.clear()
-                continue
-            reward_only, future = due
-            try:
-                result = self.run_round(reward_only)
-            except BaseException as exc:
-                if future is not None:
-                    future.set_exception(exc)
-                raise
+                self._round_step()
+                self._loop_failures["rounds"] = 0
+            except Exception as exc:
+                self._loop_failed("rounds", exc)
+
+    def _round_step(self) -> None:
+        """Announce what is pending, then run the round that is due (if any)."""
+        try:
+            self.announcer.announce_pending(self.context.policies)
+        except KafkaError as exc:
+            log.warning("cannot announce published versions yet: %s", exc)
+        due = self._due()
+        if due is None:
+            self._wake.wait(timeout=5)
+            self._wake.clear()
+            return
+        reward_only, future = due
+        try:
+            result = self.run_round(reward_only)
+        except BaseException as exc:
             if future is not None:
-                future.set_result(result)
+                future.set_exception(exc)
+            raise
+        if future is not None:
+            future.set_result(result)
 
     def run_round(self, reward_only: bool = False) -> RoundResult:
         with self._lock:

@@ -57,3 +57,24 @@ def test_versions_are_never_overwritten_and_names_are_plain(tmp_path):
         store.publish("v1", write_adapter, parent="base", base_model="m", kind="lora")
     with pytest.raises(StoreError, match="plain name"):
         store.publish("../evil", write_adapter, parent="base", base_model="m", kind="lora")
+
+
+def test_every_read_refuses_a_name_or_file_that_leads_out_of_the_store(tmp_path):
+    """A PolicyPublished naming a refused candidate (`../trainer/...`) or any directory with a manifest."""
+    store = ModelStore(tmp_path / "store")
+    outside = ModelStore(tmp_path / "trainer" / "work" / "candidates")
+    outside.publish("cand-1", write_adapter, parent="base", base_model="m", kind="lora")
+    for name in ("../trainer/work/candidates/cand-1", str(tmp_path / "trainer" / "work" / "candidates" / "cand-1"),
+                 ".hidden", "a/b", ""):  # fmt: skip
+        for read in (store.path, store.manifest, store.verify):
+            with pytest.raises(StoreError, match="not a plain name"):
+                read(name)
+    (tmp_path / "store" / "linked").symlink_to(tmp_path / "trainer" / "work" / "candidates" / "cand-1")
+    with pytest.raises(StoreError, match="leads out of the store"):
+        store.verify("linked")
+    store.publish("v1", write_adapter, parent="base", base_model="m", kind="lora")
+    manifest = json.loads((tmp_path / "store" / "v1" / "manifest.json").read_text())
+    manifest["files"].append({"path": "../../outside.bin", "sha256": "0" * 64, "size": 0})
+    (tmp_path / "store" / "v1" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="outside the version"):
+        store.verify("v1")

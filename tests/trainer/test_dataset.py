@@ -61,6 +61,24 @@ def test_undecodable_records_are_skipped_not_fatal(tmp_path):
     assert (result.stored, result.invalid) == (2, 1)
 
 
+def test_a_ranking_past_its_choices_is_skipped_and_counted_not_fatal(tmp_path):
+    """It raised IndexError past the ValueError/DecodeError handlers, killed ingestion, and again after a restart."""
+    store = DatasetStore(tmp_path / "d.sqlite")
+    event = completion(0, random.Random(0))
+    poisons = []
+    for ranking in ([0, 5], [1, 1], [0]):
+        poison = feedback(event, "comparison")
+        poison.choice_policy_versions.extend(["base", "v0001"])  # compare mode: versions per choice
+        del poison.comparison.ranking[:]
+        poison.comparison.ranking.extend(ranking)
+        poisons.append((TOPIC_FEEDBACK, poison.SerializeToString()))
+    result = store.ingest([(TOPIC_COMPLETIONS, event.SerializeToString()), *poisons, *traffic(2, seed=3)])
+    assert (result.stored, result.invalid) == (5, 3)
+    assert store.count_events() == {"completion": 3, "comparison": 1, "thumbs": 1}  # no half-stored poison
+    again = store.ingest(poisons)  # what a restart would read again
+    assert (again.stored, again.invalid) == (0, 3)
+
+
 def test_rounds_left_running_by_a_kill_are_marked_failed_and_their_feedback_counts_again(tmp_path):
     store = DatasetStore(tmp_path / "d.sqlite")
     store.ingest(traffic(10))
