@@ -190,7 +190,8 @@ class ChatService:
             prompt_ids=prompt_ids,
             sampling=sampling,
             request=request,
-            model_name=request.model or self.settings.served_model_name,
+            # Never the request's `model`: a client must not choose what every chunk and event repeats.
+            model_name=self.settings.served_model_name,
             created=int(time.time()),
             started_at=time.perf_counter(),
             choices={i: _ChoiceState(index=i) for i in range(request.n)},

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Role = Literal["system", "developer", "user", "assistant"]
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
 
 
 class TextPart(BaseModel):
@@ -39,14 +41,18 @@ class StreamOptions(BaseModel):
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: str | None = None
+    model: Annotated[str, Field(max_length=256)] | None = Field(
+        None, description="Accepted for OpenAI compatibility; responses name the served model, never echo this."
+    )
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     n: Annotated[int, Field(ge=1)] = 1
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    stop: str | Annotated[list[str], Field(max_length=16)] | None = None
+    stop: str | list[str] | None = Field(
+        None, description=f"At most {MAX_STOP_STRINGS} strings of 1..{MAX_STOP_CHARS} characters."
+    )
     seed: Annotated[int, Field(ge=-(2**63), lt=2**63)] | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0)] | None = None
@@ -67,10 +73,15 @@ class ChatCompletionRequest(BaseModel):
 
     @field_validator("stop")
     @classmethod
-    def _stop_strings_not_empty(cls, value: str | list[str] | None) -> str | list[str] | None:
+    def _stop_strings_bounded(cls, value: str | list[str] | None) -> str | list[str] | None:
+        # Checked here, not by Field limits on the union, so the error names `stop` itself.
         items = [value] if isinstance(value, str) else value or []
+        if len(items) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings")
         if any(not item for item in items):
             raise ValueError("stop strings must not be empty")
+        if any(len(item) > MAX_STOP_CHARS for item in items):
+            raise ValueError(f"stop strings must be at most {MAX_STOP_CHARS} characters")
         return value
 
     def stop_list(self) -> list[str]:

@@ -337,6 +337,11 @@ class DatasetStore:
         rows = self._query("SELECT topic, partition, next_offset, last_digest FROM positions")
         return {(topic, partition): (offset, digest) for topic, partition, offset, digest in rows}
 
+    def forget_position(self, topic: str, partition: int) -> None:
+        """The partition's log is a new one: read it from its start, and do not look for the old record again."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM positions WHERE topic = ? AND partition = ?", (topic, partition))
+
     @staticmethod
     def _store_head_to_head(db: sqlite3.Connection, event: events_pb2.FeedbackEvent, created: float) -> None:
         """A comparison across versions (compare mode) as winner/loser rows; the user's latest one stands."""

@@ -140,6 +140,9 @@ class Ingestor:
     def _new_log(self, tp: TopicPartition) -> None:
         log.warning("%s[%d] is a new log (the broker restarted); reading it from the start", tp.topic, tp.partition)
         self._check.pop(tp, None)
+        # Forgotten at once: an empty new log gives no record to save a position with, and the old
+        # position would be re-armed, and this warning repeated, at every recheck.
+        self.store.forget_position(tp.topic, tp.partition)
         self.consumer.seek_to_beginning(tp)
 
     def catch_up(self, settle_s: float = 2.0, timeout_s: float = 120.0) -> IngestResult:

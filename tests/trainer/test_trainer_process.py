@@ -206,3 +206,35 @@ def test_a_broker_restarted_between_two_polls_is_read_from_its_start(own_broker,
         assert sum(store.count_events().values()) == 320
     finally:
         ingestor.close()
+
+
+def test_a_broker_that_restarts_empty_is_noticed_once_not_at_every_recheck(own_broker, tmp_path, monkeypatch, caplog):
+    """After a restart with a kept data dir and no new traffic, the old position was re-armed and
+    "is a new log" logged (and the topic re-read) every 15 s for as long as the trainer ran."""
+    import trainer.ingest as ingest_module
+    from flywheel.kafka import create_topics
+    from trainer.dataset import DatasetStore
+    from trainer.ingest import Ingestor
+    from trainer.metrics import TrainerMetrics
+
+    monkeypatch.setattr(ingest_module, "RECHECK_S", 1.0)
+    monkeypatch.setattr(ingest_module, "CHECK_WAIT_S", 1.0)
+    produce(own_broker.bootstrap, traffic(10, seed=1))
+    store = DatasetStore(tmp_path / "dataset.sqlite")
+    ingestor = Ingestor.connect(own_broker.bootstrap, store, TrainerMetrics())
+    try:
+        assert ingestor.catch_up(settle_s=2, timeout_s=60).stored == 20
+        own_broker.kill()  # the local broker forgets every log
+        own_broker.start()
+        create_topics(own_broker.bootstrap)  # as serving and feedback do when they start: empty logs
+        caplog.clear()
+        deadline = time.monotonic() + 10  # ten rechecks
+        while time.monotonic() < deadline:
+            ingestor.poll(timeout_ms=200)
+        warnings = [r for r in caplog.records if "is a new log" in r.getMessage()]
+        assert 1 <= len(warnings) <= 2, [r.getMessage() for r in warnings]  # once per partition with a position
+        produce(own_broker.bootstrap, traffic(5, seed=2))
+        ingestor.catch_up(settle_s=2, timeout_s=30)
+        assert ingestor.total.stored == 30  # the new log's records are read from its start
+    finally:
+        ingestor.close()
