@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -100,6 +101,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     settings = _trainer_settings(args)
     base_model = resolve_model(settings.model, settings.models_dir)
+    if settings.nice:
+        os.nice(settings.nice)  # users are served first; training takes what serving leaves
     if not args.once:
         import uvicorn
 

@@ -259,6 +259,9 @@ class TrainerSettings(CommonSettings):
     grpc_port: int = Field(50053, description="TrainerService gRPC port.")
     base_version: str = Field("base", description="Version name of the base policy (as serving names it).")
     torch_threads: int = Field(1, description="Threads torch uses; 2 ran 3-6x slower beside serving on 2 cores.")
+    nice: int = Field(
+        10, ge=0, le=19, description="Scheduling niceness the trainer process adds to itself, so serving keeps the CPU."
+    )
     seed: int = 0
     rounds: RoundTriggerSection = RoundTriggerSection()
     reward: RewardSection = RewardSection()
