@@ -73,7 +73,7 @@ def build_app(settings: FeedbackSettings, start_grpc: bool = True) -> FastAPI:
         finally:
             if grpc_server is not None:
                 await grpc_server.stop(grace=5)
-            relay.stop(pending=lambda: outbox.pending)
+            relay.stop(settings.shutdown_drain_s, pending=lambda: outbox.pending)
             outbox.close()
 
     app = FastAPI(title="Flywheel feedback", version="1", lifespan=lifespan)
@@ -119,6 +119,8 @@ def build_app(settings: FeedbackSettings, start_grpc: bool = True) -> FastAPI:
         RequestGuard,
         max_body_bytes=settings.max_body_bytes,
         path_limits={"/v1/preferences/import": settings.max_import_body_bytes},
+        admin_paths=frozenset({"/v1/preferences/import"}),  # refused before its 50 MB body is read
+        admin_key=settings.admin_key,
         requests=metrics.requests,
         latency=metrics.latency,
         in_flight=metrics.in_flight,

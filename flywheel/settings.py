@@ -148,6 +148,9 @@ class FeedbackSettings(CommonSettings):
     outbox_max_pending: int = Field(100_000, description="Unpublished events held before answering 503.")
     outbox_retention_hours: float = Field(24.0, description="How long published events (and keys) are kept.")
     relay_batch: int = Field(500, description="Events per Kafka batch.")
+    shutdown_drain_s: float = Field(
+        10.0, ge=0.0, description="On shutdown, how long the relay may go on publishing the outbox (k8s: ~the grace)."
+    )
     max_bulk_events: int = Field(100_000, description="Most events one gRPC BulkSubmit stream may carry.")
     cors_origins: str = Field(
         "http://127.0.0.1:8000,http://localhost:8000",

@@ -33,7 +33,7 @@ from tests.k8s.conftest import OVERLAYS, find, one
 SCHEMAS = Path(__file__).parent / "schemas"
 CUSTOM_GROUPS = ("kafka.strimzi.io/", "monitoring.coreos.com/")
 SETTINGS = {"serve": ServingSettings, "feedback": FeedbackSettings, "train": TrainerSettings}
-WORKLOADS = {"serving": ("Deployment", "flywheel-serving"), "feedback": ("Deployment", "flywheel-feedback"),
+WORKLOADS = {"serving": ("Deployment", "flywheel-serving"), "feedback": ("StatefulSet", "flywheel-feedback"),
              "trainer": ("StatefulSet", "flywheel-trainer")}  # fmt: skip
 
 
@@ -197,7 +197,7 @@ def test_serving_rolls_out_without_losing_capacity_and_reads_the_model_store(ren
 @overlays()
 def test_feedback_has_a_service_and_scales_by_its_autoscaler_in_prod(rendered, overlay):
     objects = rendered[overlay]
-    deployment = one(objects, "Deployment", "flywheel-feedback")
+    deployment = one(objects, "StatefulSet", "flywheel-feedback")
     service = one(objects, "Service", "flywheel-feedback")
     assert matches({"matchLabels": service["spec"]["selector"]}, deployment["spec"]["template"]["metadata"]["labels"])
     container = main_container(objects, "feedback")
@@ -205,7 +205,7 @@ def test_feedback_has_a_service_and_scales_by_its_autoscaler_in_prod(rendered, o
     autoscalers = find(objects, "HorizontalPodAutoscaler", "flywheel-feedback")
     if overlay == "prod":
         (hpa,) = autoscalers
-        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet",
                                                  "name": "flywheel-feedback"}  # fmt: skip
         assert hpa["spec"]["minReplicas"] >= 2
         assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
@@ -377,12 +377,32 @@ def test_network_policies_deny_by_default_and_open_only_the_service_ports(render
 def test_every_service_has_a_service_monitor_on_its_metrics_port(rendered, overlay):
     objects = rendered[overlay]
     monitors = find(objects, "ServiceMonitor")
-    for service in find(objects, "Service"):
+    served = [s for s in find(objects, "Service") if s["spec"].get("ports")]  # not the port-less governing one
+    for service in served:
         (monitor,) = [m for m in monitors if matches(m["spec"]["selector"], service["metadata"]["labels"])]
         (endpoint,) = monitor["spec"]["endpoints"]
         assert endpoint["path"] == "/metrics"
         assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
-    assert len(monitors) == len(find(objects, "Service")) == 3
+    assert len(monitors) == len(served) == 3
+
+
+@overlays()
+def test_the_feedback_outbox_outlives_its_pod_and_shutdown_drains_it_within_the_grace(rendered, overlay):
+    """An emptyDir outbox was deleted with its pod: events answered 202 but not yet in Kafka were lost."""
+    objects = rendered[overlay]
+    workload = one(objects, "StatefulSet", "flywheel-feedback")
+    spec = workload["spec"]
+    assert spec["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+    (claim,) = spec["volumeClaimTemplates"]
+    mounts = {m["name"]: m["mountPath"] for m in main_container(objects, "feedback")["volumeMounts"]}
+    assert mounts[claim["metadata"]["name"]] == "/data"  # FLYWHEEL_DATA_DIR: the outbox lives there
+    assert claim["metadata"]["name"] not in {v["name"] for v in spec["template"]["spec"].get("volumes", [])}
+    governing = one(objects, "Service", spec["serviceName"])
+    assert governing["spec"]["clusterIP"] == "None"
+    container = main_container(objects, "feedback")
+    drain = float({e["name"]: e.get("value") for e in container["env"]}["FLYWHEEL_SHUTDOWN_DRAIN_S"])
+    pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert pre_stop + drain < spec["template"]["spec"]["terminationGracePeriodSeconds"]
 
 
 def test_prod_has_disruption_budgets_for_serving_and_feedback(rendered):
