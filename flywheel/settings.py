@@ -6,6 +6,7 @@ start-up unless the service runs in the explicit local mode (`FLYWHEEL_ENV=local
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +23,31 @@ TOPICS = (TOPIC_COMPLETIONS, TOPIC_FEEDBACK, TOPIC_POLICY)
 
 class PlaceholderSecretError(ValueError):
     """A secret still holds the placeholder outside the local environment."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address reaches this machine only: 127.0.0.0/8, ::1 or "localhost".
+
+    Anything else (0.0.0.0, "", "::", a name or an interface's address) may be reachable from
+    the network.
+    """
+    name = host.strip().removeprefix("[").removesuffix("]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def refuse_public_placeholder_admin_key(host: str, admin_key: SecretStr) -> None:
+    """For each service's settings validator: the placeholder admin key is public knowledge, so only
+    a service listening on loopback may keep it, even with FLYWHEEL_ENV=local."""
+    if admin_key.get_secret_value() == PLACEHOLDER_SECRET and not is_loopback(host):
+        raise PlaceholderSecretError(
+            f"FLYWHEEL_ADMIN_KEY still holds the placeholder and the service listens on {host!r}, beyond "
+            "this machine; set a real key (the placeholder is only allowed on 127.0.0.1 or localhost)"
+        )
 
 
 class CommonSettings(BaseSettings):
@@ -50,6 +76,9 @@ class CommonSettings(BaseSettings):
     )
     canary_fraction: float = Field(
         0.5, ge=0.0, le=1.0, description="Share of users a new version reaches as canary (until a decision sets it)."
+    )
+    feedback_token_ttl_s: float = Field(
+        7 * 86_400, ge=0, description="How long after its answer a feedback token is accepted, seconds (0: forever)."
     )
 
     @model_validator(mode="after")
@@ -131,6 +160,11 @@ class ServingSettings(CommonSettings):
         "http://127.0.0.1:9300", description="The trainer's HTTP URL as the operator page's browser reaches it."
     )
 
+    @model_validator(mode="after")
+    def _check_admin_key_for_host(self) -> ServingSettings:
+        refuse_public_placeholder_admin_key(self.host, self.admin_key)
+        return self
+
 
 class FeedbackSettings(CommonSettings):
     """The feedback path: API limits, the durable outbox and its relay to Kafka."""
@@ -156,6 +190,11 @@ class FeedbackSettings(CommonSettings):
         "http://127.0.0.1:8000,http://localhost:8000",
         description="Comma-separated browser origins (the chat page's) allowed to call the REST API.",
     )
+
+    @model_validator(mode="after")
+    def _check_admin_key_for_host(self) -> FeedbackSettings:
+        refuse_public_placeholder_admin_key(self.host, self.admin_key)
+        return self
 
     @property
     def outbox_path(self) -> Path:
@@ -249,6 +288,9 @@ class RolloutSection(BaseModel):
     promote_probability: float = Field(0.95, description="Promote once a signal P(canary better) reaches this.")
     rollback_probability: float = Field(0.05, description="Roll back once that probability falls to this.")
     max_samples: int = Field(400, description="Thumbs a side (or comparisons) before an undecided canary rolls back.")
+    count_anonymous: bool | None = Field(
+        None, description="Count users without an API key in the roll-out signals (default: only with env=local)."
+    )
 
 
 class TrainerSettings(CommonSettings):

@@ -452,4 +452,5 @@ class ChatService:
             completion_tokens=usage.completion_tokens,
             stream=request.stream,
             latency_seconds=time.perf_counter() - prep.started_at,
+            pinned=request.policy_version is not None,
         )

@@ -49,6 +49,9 @@ class DatasetStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(completions)")}
+        if "pinned" not in columns:  # a dataset from before pinned requests were marked
+            self._db.execute("ALTER TABLE completions ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0")
         self._lock = threading.RLock()
 
     def close(self) -> None:
@@ -128,10 +131,11 @@ class DatasetStore:
                 messages = [(m.role, m.content) for m in event.messages]
                 choices = sorted(event.choices, key=lambda c: c.index)
                 db.execute(
-                    "INSERT OR IGNORE INTO completions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO completions (completion_id, user_id, policy_version, prompt_key,"
+                    " messages, choices, created_at, seq, pinned) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (event.completion_id, event.user_id, event.policy_version, prompt_key(messages),
                      json.dumps(messages), json.dumps([c.text for c in choices]),
-                     seconds(event.created_at), seq),
+                     seconds(event.created_at), seq, int(event.pinned)),
                 )  # fmt: skip
             return "completion" if seq else ""
         if topic != TOPIC_FEEDBACK:
@@ -366,21 +370,33 @@ class DatasetStore:
                         (event.completion_id, event.user_id, versions[better], versions[worse], created),
                     )
 
-    def head_to_head(self, version: str, other: str, since: float) -> tuple[int, int]:
-        """(wins, losses) of `version` against `other` in comparisons given since `since`."""
+    # The roll-out signals count users, not ratings: one user rating a hundred answers, or sending
+    # a hundred comparisons, is one vote, the sign of their net verdict; answers to requests that
+    # pinned a version (which anyone may do) are no sample of the roll-out and are left out.
+
+    def head_to_head(self, version: str, other: str, since: float, anonymous: bool = True) -> tuple[int, int]:
+        """(wins, losses) of `version` against `other` since `since`: users on balance for each side."""
         rows = self._query(
-            "SELECT COALESCE(SUM(winner = ?), 0), COALESCE(SUM(winner = ?), 0) FROM head_to_head"
-            " WHERE created_at >= ? AND ((winner = ? AND loser = ?) OR (winner = ? AND loser = ?))",
-            (version, other, since, version, other, other, version),
+            "SELECT COALESCE(SUM(net > 0), 0), COALESCE(SUM(net < 0), 0) FROM ("
+            " SELECT h.user_id, SUM(CASE WHEN h.winner = ? THEN 1 ELSE -1 END) AS net FROM head_to_head h"
+            " LEFT JOIN completions c USING (completion_id)"
+            " WHERE h.created_at >= ? AND ((h.winner = ? AND h.loser = ?) OR (h.winner = ? AND h.loser = ?))"
+            " AND COALESCE(c.pinned, 0) = 0 AND (? OR h.user_id NOT LIKE 'anon-%') GROUP BY h.user_id)",
+            (version, since, version, other, other, version, anonymous),
         )
         return int(rows[0][0]), int(rows[0][1])
 
-    def thumbs(self, policy_version: str, since: float) -> tuple[int, int]:
-        """(up, down) ratings of `policy_version`'s answers given since `since` (each user's latest)."""
+    def thumbs(self, policy_version: str, since: float, anonymous: bool = True) -> tuple[int, int]:
+        """(up, down) of `policy_version` since `since`: users whose latest ratings are net up, net down.
+
+        `anonymous=False` leaves out users without an API key (ids `anon-…`), whom anyone can mint.
+        """
         rows = self._query(
-            "SELECT COALESCE(SUM(rating > 0), 0), COALESCE(SUM(rating < 0), 0) FROM ratings"
-            " WHERE policy_version = ? AND created_at >= ?",
-            (policy_version, since),
+            "SELECT COALESCE(SUM(net > 0), 0), COALESCE(SUM(net < 0), 0) FROM ("
+            " SELECT r.user_id, SUM(r.rating) AS net FROM ratings r LEFT JOIN completions c USING (completion_id)"
+            " WHERE r.policy_version = ? AND r.created_at >= ? AND COALESCE(c.pinned, 0) = 0"
+            " AND (? OR r.user_id NOT LIKE 'anon-%') GROUP BY r.user_id)",
+            (policy_version, since, anonymous),
         )
         return int(rows[0][0]), int(rows[0][1])
 

@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS completions (
     messages TEXT NOT NULL,
     choices TEXT NOT NULL,
     created_at REAL NOT NULL,
-    seq INTEGER NOT NULL
+    seq INTEGER NOT NULL,
+    pinned INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS completions_prompt ON completions(prompt_key);
 CREATE TABLE IF NOT EXISTS ratings (

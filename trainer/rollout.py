@@ -1,7 +1,9 @@
 """The roll-out controller: live thumbs decide whether the canary is promoted or rolled back.
 
 It runs in the trainer (one per deployment, beside the feedback it already stores) and decides with a
-Beta-Binomial rule on two signals, both counted since the canary went live:
+Beta-Binomial rule on two signals, both counted since the canary went live, in users, not ratings
+(each user one vote, the sign of their net verdict; answers to requests that pinned a version left
+out; outside env=local only users with API keys count, `rollout.count_anonymous`):
 
 - thumbs: each side's thumbs-up rate gets a Beta(1 + up, 1 + down) posterior, and the signal is
   P(canary's rate > stable's); it counts once both sides have `min_samples` thumbs;
@@ -119,6 +121,7 @@ class RolloutController:
     ) -> None:
         self.settings = settings
         self.rule = settings.rollout
+        self.local = settings.env == "local"
         self.dataset = dataset
         self.policies = policies
         self.metrics = metrics
@@ -169,9 +172,10 @@ class RolloutController:
             self.last_verdict = None
             return None
         since = state.canary_since
-        canary = self.dataset.thumbs(state.canary, since)
-        stable = self.dataset.thumbs(state.stable, since)
-        head_to_head = self.dataset.head_to_head(state.canary, state.stable, since)
+        anonymous = self.rule.count_anonymous if self.rule.count_anonymous is not None else self.local
+        canary = self.dataset.thumbs(state.canary, since, anonymous)
+        stable = self.dataset.thumbs(state.stable, since, anonymous)
+        head_to_head = self.dataset.head_to_head(state.canary, state.stable, since, anonymous)
         verdict = judge(canary, stable, self.rule, head_to_head)
         self.last_verdict = verdict
         self.metrics.rollout_probability.set(verdict.statistics["p_canary_better"])

@@ -91,3 +91,47 @@ def test_rounds_left_running_by_a_kill_are_marked_failed_and_their_feedback_coun
     assert reopened.abandon_running_rounds() == 1
     assert reopened.rounds(1)[0].outcome == "failed"
     assert reopened.count_feedback(reopened.last_round_seq()) == 10
+
+
+def _rated(store, i: int, user: str, rating: str, version: str = "v1", pinned: bool = False) -> None:
+    event = completion(i, random.Random(i), version=version, prefix="vote")
+    event.user_id, event.pinned = user, pinned
+    thumbs = feedback(event, rating)
+    thumbs.user_id = user
+    store.ingest([(TOPIC_COMPLETIONS, event.SerializeToString()), (TOPIC_FEEDBACK, thumbs.SerializeToString())])
+
+
+def test_the_roll_out_signal_counts_one_vote_per_user_and_leaves_pinned_answers_out(tmp_path):
+    """One user thumbing up forty answers, or rating versions they pinned, decided a roll-out."""
+    store = DatasetStore(tmp_path / "d.sqlite")
+    for i in range(40):
+        _rated(store, i, "eager", "up")  # one user, forty ups: one vote
+    _rated(store, 100, "alice", "down")
+    _rated(store, 101, "bob", "up")
+    _rated(store, 102, "bob", "down")
+    _rated(store, 103, "bob", "down")  # bob: net down
+    for i in range(20):
+        _rated(store, 200 + i, f"pinner-{i}", "up", pinned=True)  # pinned the version: not the roll-out's
+    assert store.thumbs("v1", since=0) == (1, 2)
+
+
+def test_a_dataset_from_before_pinned_completions_is_migrated(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "d.sqlite"
+    store = DatasetStore(path)
+    store.close()
+    with sqlite3.connect(path) as db:  # the old schema: no pinned column
+        db.execute("ALTER TABLE completions DROP COLUMN pinned")
+    store = DatasetStore(path)
+    _rated(store, 1, "alice", "up")
+    assert store.thumbs("v1", since=0) == (1, 0)
+
+
+def test_anonymous_users_can_be_left_out_of_the_roll_out_signal(tmp_path):
+    store = DatasetStore(tmp_path / "d.sqlite")
+    _rated(store, 1, "alice", "up")
+    for i in range(5):
+        _rated(store, 10 + i, f"anon-{i:016x}", "down")  # anyone can mint these with a new Bearer string
+    assert store.thumbs("v1", since=0) == (1, 5)
+    assert store.thumbs("v1", since=0, anonymous=False) == (1, 0)
