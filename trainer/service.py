@@ -132,6 +132,7 @@ class TrainerService:
         self._requests: list[tuple[bool, Future[RoundResult]]] = []  # operators' triggers: reward_only, result
         self._last_round_at = time.monotonic()
         self._threads: list[threading.Thread] = []
+        self._pairs_cache: tuple[tuple, int] | None = None  # (events, parent, rounds) -> pairs available
         self._loop_failures = {"ingest": 0, "rounds": 0}  # failures in a row, per loop
         self._loop_errors = {"ingest": "", "rounds": ""}
         self.ingestor: Ingestor | None = None
@@ -191,6 +192,19 @@ class TrainerService:
         self._wake.set()
         return False
 
+    def _pairs_available(self, events: int) -> int:
+        """How many pairs the stored feedback gives now; rebuilt only when events or rounds were added.
+
+        Building the pairs reads every rating and comparison: on each /status request (the operator
+        page polls it) that cost grew with the dataset.
+        """
+        parent = current_policy(self.context)[0]
+        newest = self.dataset.rounds(1)
+        key = (events, parent, (newest[0].round, newest[0].finished_at) if newest else None)
+        if self._pairs_cache is None or self._pairs_cache[0] != key:
+            self._pairs_cache = (key, len(available_pairs(self.context, parent)))
+        return self._pairs_cache[1]
+
     def status(self) -> TrainerStatus:
         counts = self.dataset.count_events()
         latest = self.context.policies.latest()
@@ -198,7 +212,7 @@ class TrainerService:
             paused=self._paused,
             round_running=self._round_running,
             events_ingested=sum(counts.values()),
-            pairs_available=len(available_pairs(self.context, current_policy(self.context)[0])),
+            pairs_available=self._pairs_available(sum(counts.values())),
             new_feedback_since_round=self.dataset.count_feedback(self.dataset.last_round_seq()),
             published_version=latest.version if latest else "",
             recent_rounds=self.dataset.rounds(10),

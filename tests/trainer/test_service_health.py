@@ -56,3 +56,20 @@ def test_a_failing_store_makes_ingestion_unhealthy_then_it_recovers(tmp_path, mo
         assert TestClient(app).get("/healthz").json() == {"status": "ok"}
     finally:
         service.stop()
+
+
+def test_status_builds_the_pairs_again_only_when_the_dataset_changed(tmp_path, monkeypatch):
+    from tests.trainer.synthetic import traffic
+
+    built = []
+    real = service_module.available_pairs
+    monkeypatch.setattr(service_module, "available_pairs", lambda *a: built.append(1) or real(*a))
+    service = TrainerService(TrainerSettings(data_dir=tmp_path), base_model="unused")
+    try:
+        service.dataset.ingest(traffic(12))
+        first = service.status().pairs_available
+        assert service.status().pairs_available == first and len(built) == 1  # polled again: nothing rebuilt
+        service.dataset.ingest(traffic(12, seed=1))
+        assert service.status().pairs_available > first and len(built) == 2
+    finally:
+        service.stop()
