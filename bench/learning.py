@@ -329,6 +329,9 @@ def main() -> int:
     parser.add_argument("--keep-data", action="store_true", help="keep each run's data dir (printed in the log)")
     args = parser.parse_args()
     parse_duration(args.duration)
+    from bench.cleanup import stop_on_signals
+
+    stop_on_signals()  # SIGTERM midway still stops the stack (`finally` in run_one)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     Path(args.models_dir).mkdir(parents=True, exist_ok=True)
     results = []

@@ -423,12 +423,14 @@ def main() -> int:
     for noisy in ("kafka", "httpx", "flywheel.store"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
+    from bench.cleanup import stop_on_signals
     from flywheel.broker import Broker
     from flywheel.models import prepare_default_model
     from flywheel.settings import CommonSettings
     from flywheel.store import ModelStore
     from tests.conftest import free_port, serving_env, start_process, stop_process, wait_ready
 
+    stop_on_signals()  # SIGTERM midway stops serving and the broker too (they run in groups of their own)
     started, load_start = time.monotonic(), os.getloadavg()
     (ROOT / ".flywheel").mkdir(exist_ok=True)
     model = args.model or str(prepare_default_model(CommonSettings().models_dir))
