@@ -51,7 +51,7 @@ def build_app(settings: FeedbackSettings, start_grpc: bool = True) -> FastAPI:
         )
         relay.start()
         service = FeedbackService(
-            FeedbackToken(settings.feedback_token_secret.get_secret_value()),
+            FeedbackToken(settings.feedback_token_secret.get_secret_value(), ttl_s=settings.feedback_token_ttl_s),
             outbox,
             metrics,
             settings,

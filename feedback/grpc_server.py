@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from feedback.protocol import ComparisonCreate, FeedbackCreate
 from feedback.service import FeedbackRejected, FeedbackService, Prepared
 from flywheel.auth import Unauthorized, resolve_user
+from flywheel.grpc_server import peer_host
 from flywheel.grpc_server import start_grpc_server as start_server
 from flywheel.v1 import feedback_pb2, feedback_pb2_grpc
 
@@ -72,8 +73,7 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
 
     def _user(self, context: grpc.aio.ServicerContext) -> str:
         metadata = dict(context.invocation_metadata() or ())
-        peer = context.peer() or ""
-        host = peer.split(":")[1] if peer.count(":") >= 2 else peer
+        host = peer_host(context.peer() or "")
         try:
             return resolve_user(metadata.get("authorization"), self.api_keys, self.allow_anonymous, host)
         except Unauthorized as exc:

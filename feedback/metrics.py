@@ -74,9 +74,16 @@ class FeedbackMetrics:
              RelayStats.REPLAYED),
         ):  # fmt: skip
             yield CounterMetricFamily(name, doc, value=values[index])
+        dead = CounterMetricFamily(
+            "flywheel_events_dead_lettered",
+            "Events the broker can never accept (too large, invalid), set aside instead of retried; by producer.",
+            labels=["producer"],
+        )
+        dead.add_metric(["feedback"], values[RelayStats.DEAD_LETTERED])
+        yield dead
         buckets, cumulative = [], 0.0
         for i, bound in enumerate((*RelayStats.BUCKETS, float("inf"))):
-            cumulative += values[5 + i]
+            cumulative += values[RelayStats.BUCKETS_AT + i]
             buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
         yield HistogramMetricFamily(
             "flywheel_feedback_publish_latency_seconds",

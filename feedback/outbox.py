@@ -32,6 +32,15 @@ CREATE TABLE IF NOT EXISTS events (
     published_at REAL
 );
 CREATE INDEX IF NOT EXISTS events_unpublished ON events (published_at, seq);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    event_id TEXT PRIMARY KEY,
+    kafka_key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    dead_at REAL NOT NULL,
+    reason TEXT NOT NULL
+);
 """
 _GROUP_MAX = 1024
 
@@ -230,6 +239,24 @@ class OutboxLedger:
             "UPDATE events SET published_at = ? WHERE published_at IS NULL AND seq <= ?",
             (time.time(), max(seqs)),
         )
+
+    def dead_letter(self, reasons: dict[int, str]) -> None:
+        """Copy events the broker will never accept (seq: why) to `dead_letters`, kept past retention.
+
+        The events themselves are then marked published with their batch: their idempotency keys
+        stay, so a client's retry is still a duplicate rather than a new event refused again.
+        """
+        now = time.time()
+        _locked(
+            self._conn.executemany,
+            "INSERT OR IGNORE INTO dead_letters (event_id, kafka_key, kind, payload, created_at, dead_at, reason)"
+            " SELECT event_id, kafka_key, kind, payload, created_at, ?, ? FROM events WHERE seq = ?",
+            [(now, reason, seq) for seq, reason in reasons.items()],
+        )
+
+    def dead_letters(self) -> list[tuple[str, str, str]]:
+        """(event_id, kind, reason) of every dead-lettered event, oldest first."""
+        return self._conn.execute("SELECT event_id, kind, reason FROM dead_letters ORDER BY dead_at").fetchall()
 
     def replay_published(self, keep_published: list[int]) -> int:
         """Mark every retained published event unpublished again (the broker lost them)."""

@@ -9,6 +9,15 @@ from pydantic import BaseModel, ConfigDict, Field
 Id = Annotated[str, Field(min_length=1, max_length=200)]
 Token = Annotated[str, Field(min_length=1, max_length=2_000)]
 Index = Annotated[int, Field(ge=0, le=1_000)]
+IdempotencyKey = Annotated[
+    str | None,
+    Field(
+        min_length=1,
+        max_length=128,
+        description="One per submission, the same on its retries: a retry is then answered with the first "
+        "event. Without one, every request is a new event (the latest rating wins downstream).",
+    ),
+]
 
 
 class FeedbackCreate(BaseModel):
@@ -22,7 +31,7 @@ class FeedbackCreate(BaseModel):
     comment: Annotated[str, Field(max_length=100_000)] | None = None
     dimensions: dict[Annotated[str, Field(max_length=64)], Annotated[int, Field(ge=1, le=5)]] | None = None
     flags: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=16)] | None = None
-    idempotency_key: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    idempotency_key: IdempotencyKey = None
 
 
 Strength = Literal["much_better", "better", "slightly_better", "tie"]
@@ -38,7 +47,7 @@ class ComparisonCreate(BaseModel):
     rejected_choice_index: Index | None = None
     ranking: Annotated[list[Index], Field(min_length=2, max_length=16)] | None = None
     strength: Strength | None = None
-    idempotency_key: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    idempotency_key: IdempotencyKey = None
 
 
 class FeedbackAccepted(BaseModel):
@@ -48,12 +57,16 @@ class FeedbackAccepted(BaseModel):
 
 
 class PreferencePair(BaseModel):
-    """One offline preference pair: HH-format dialogues, or a prompt with two answers."""
+    """One offline preference pair: HH-format dialogues, or a prompt with two answers.
+
+    Every field is bounded (one pair's event holds at most ~450,000 characters); an event the
+    broker still refuses as too large is dead-lettered by the relay, not retried forever.
+    """
 
     model_config = ConfigDict(extra="ignore")
     chosen: Annotated[str, Field(min_length=1, max_length=200_000)]
     rejected: Annotated[str, Field(min_length=1, max_length=200_000)]
-    prompt: str | None = None
+    prompt: Annotated[str, Field(min_length=1, max_length=50_000)] | None = None
 
 
 class PreferenceImport(BaseModel):

@@ -6,7 +6,8 @@ outbox. acks=all and the idempotent producer; a failed batch stays unpublished a
 until the broker acknowledges it. Duplicates after a partial failure are possible, so
 consumers dedupe by idempotency key. If the broker hands out offsets below ones it already
 acknowledged, or its topic is gone after a reconnect, it lost data (the local in-memory broker
-after a restart): every retained event is replayed.
+after a restart): every retained event is replayed. An event the broker can never accept (too
+large, invalid) is copied to the outbox's dead-letter table and counted, and the rest go on.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from pathlib import Path
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
+from kafka.producer.future import RecordMetadata
 
-from feedback.outbox import OutboxLedger
-from flywheel.kafka import close_quietly, create_topics, make_producer
+from feedback.outbox import OutboxLedger, PendingEvent
+from flywheel.kafka import UNDELIVERABLE, close_quietly, create_topics, make_producer
 from flywheel.metrics import LATENCY_BUCKETS
 from flywheel.settings import TOPIC_FEEDBACK
 
@@ -34,11 +36,12 @@ log = logging.getLogger(__name__)
 class RelayStats:
     """Counters the relay process shares with the service process (one shared array)."""
 
-    PUBLISHED, RETRIES, REPLAYED, LATENCY_SUM, LATENCY_COUNT = range(5)
+    PUBLISHED, RETRIES, REPLAYED, LATENCY_SUM, LATENCY_COUNT, DEAD_LETTERED = range(6)
+    BUCKETS_AT = 6  # the latency histogram's bucket counts follow the scalars
     BUCKETS = LATENCY_BUCKETS
 
     def __init__(self) -> None:
-        self.values = multiprocessing.get_context("spawn").Array("d", 5 + len(self.BUCKETS) + 1)
+        self.values = multiprocessing.get_context("spawn").Array("d", self.BUCKETS_AT + len(self.BUCKETS) + 1)
 
     def add(self, index: int, amount: float = 1.0) -> None:
         with self.values.get_lock():
@@ -50,7 +53,7 @@ class RelayStats:
             self.values[self.LATENCY_COUNT] += 1
             for i, bound in enumerate((*self.BUCKETS, float("inf"))):
                 if seconds <= bound:
-                    self.values[5 + i] += 1
+                    self.values[self.BUCKETS_AT + i] += 1
 
     def snapshot(self) -> list[float]:
         with self.values.get_lock():
@@ -109,10 +112,7 @@ class Relay:
             return 0
         started = time.perf_counter()
         try:
-            producer = self._producer_or_connect()
-            futures = [producer.send(TOPIC_FEEDBACK, key=e.kafka_key.encode(), value=e.payload) for e in pending]
-            producer.flush(timeout=30)
-            records = [future.get(timeout=0) for future in futures]
+            records, dead = self._send(self._producer_or_connect(), pending)
         except (KafkaError, OSError, TimeoutError) as exc:
             if self._failing_since is None:
                 self._failing_since = time.monotonic()
@@ -124,12 +124,37 @@ class Relay:
         if self._failing_since is not None:
             log.info("Kafka acknowledged feedback again after %.1f s", time.monotonic() - self._failing_since)
             self._failing_since = None
-        seqs = [e.seq for e in pending]
-        self.ledger.mark_published(seqs)
-        self.stats.add(RelayStats.PUBLISHED, len(pending))
+        if dead:
+            self.ledger.dead_letter(dead)  # before the batch's mark, which covers these too
+            self.stats.add(RelayStats.DEAD_LETTERED, len(dead))
+        self.ledger.mark_published([e.seq for e in pending])
+        self.stats.add(RelayStats.PUBLISHED, len(records))
         self.stats.observe_latency(time.perf_counter() - started)
-        self._check_offsets(records, seqs)
+        self._check_offsets([record for _, record in records], [seq for seq, _ in records])
         return len(pending)
+
+    def _send(
+        self, producer: KafkaProducer, pending: list[PendingEvent]
+    ) -> tuple[list[tuple[int, RecordMetadata]], dict[int, str]]:
+        """Send a batch and wait for it: (seq, metadata) of the events acknowledged and {seq: why} of
+        those the broker will never accept. Any other error raises: the whole batch is retried."""
+        futures, dead = [], {}
+        for event in pending:
+            key = event.kafka_key.encode()
+            try:
+                futures.append((event.seq, producer.send(TOPIC_FEEDBACK, key=key, value=event.payload)))
+            except UNDELIVERABLE as exc:  # checked by the client before sending (max_request_size)
+                dead[event.seq] = str(exc)
+        producer.flush(timeout=30)
+        records = []
+        for seq, future in futures:
+            try:
+                records.append((seq, future.get(timeout=0)))
+            except UNDELIVERABLE as exc:  # refused by the broker
+                dead[seq] = str(exc)
+        for seq, reason in dead.items():
+            log.error("dead-lettered feedback event seq %d (the broker will never accept it): %s", seq, reason)
+        return records, dead
 
     def _producer_or_connect(self) -> KafkaProducer:
         if self._producer is None:

@@ -20,7 +20,7 @@ from feedback.protocol import ComparisonCreate, FeedbackCreate, PreferencePair
 from flywheel.events import SCHEMA_VERSION, new_event_id, timestamp_now
 from flywheel.hh import MalformedDialogue, split_pair
 from flywheel.settings import FeedbackSettings
-from flywheel.tokens import FeedbackToken, InvalidFeedbackToken, TokenClaims
+from flywheel.tokens import ExpiredFeedbackToken, FeedbackToken, InvalidFeedbackToken, TokenClaims
 from flywheel.v1 import events_pb2
 
 _STRENGTHS = {
@@ -78,6 +78,8 @@ class FeedbackService:
     def _claims(self, token: str, completion_id: str, choice_index: int, user_id: str, param: str) -> TokenClaims:
         try:
             claims = self.tokens.verify(token)
+        except ExpiredFeedbackToken as exc:
+            raise FeedbackRejected(403, "expired_token", str(exc), param) from None
         except InvalidFeedbackToken as exc:
             raise FeedbackRejected(403, "invalid_token", str(exc), param) from None
         if claims.completion_id != completion_id or claims.choice_index != choice_index:
@@ -91,12 +93,15 @@ class FeedbackService:
         if wait:
             raise FeedbackRejected(429, "rate_limited", "too much feedback; slow down", retry_after=wait)
 
-    def _key(self, user_id: str, client_key: str | None, *content: object) -> str:
-        # Client keys are scoped to the user, so two users cannot collide; derived keys cover
-        # the content, so a changed rating is a new event while a retry is the same one.
+    @staticmethod
+    def _key(user_id: str, client_key: str | None) -> str | None:
+        # Only a client's key makes a retry the same event (scoped to the user, so two users cannot
+        # collide). None: the event is its own. A key derived from the content would also fold a
+        # change of mind back into the first event (up, down, up: the third a "duplicate" of the
+        # first), and downstream the latest rating must win.
         if client_key:
             return "client:" + hashlib.sha256(f"{user_id}\x1f{client_key}".encode()).hexdigest()
-        return f"derived:{_digest(user_id, *content)}"
+        return None
 
     def prepare_thumbs(self, body: FeedbackCreate, user_id: str) -> Prepared:
         kind = "thumbs"
@@ -117,10 +122,7 @@ class FeedbackService:
         claims = self._claims(body.feedback_token, body.completion_id, body.choice_index, user_id, "feedback_token")
         self._rate_limit(user_id)
         flags = sorted(set(body.flags)) if body.flags else []
-        key = self._key(
-            user_id, body.idempotency_key, kind, body.completion_id, body.choice_index, body.rating,
-            body.comment, body.dimensions, flags,
-        )  # fmt: skip
+        key = self._key(user_id, body.idempotency_key)
         event = self._event(body.completion_id, user_id, claims.policy_version, key, [claims.policy_version])
         thumbs = event.thumbs
         thumbs.choice_index = body.choice_index
@@ -146,7 +148,7 @@ class FeedbackService:
             )  # fmt: skip
         self._rate_limit(user_id)
         versions = [c.policy_version for c in claims]
-        key = self._key(user_id, body.idempotency_key, kind, body.completion_id, ranking, body.strength)
+        key = self._key(user_id, body.idempotency_key)
         event = self._event(body.completion_id, user_id, versions[ranking[0]], key, versions)
         event.comparison.CopyFrom(events_pb2.Comparison(ranking=ranking, strength=_STRENGTHS[body.strength]))
         return Prepared(self._record(event, kind), kind, versions[ranking[0]])
@@ -197,16 +199,17 @@ class FeedbackService:
 
     @staticmethod
     def _event(
-        completion_id: str, user_id: str, version: str, key: str, versions: list[str]
+        completion_id: str, user_id: str, version: str, key: str | None, versions: list[str]
     ) -> events_pb2.FeedbackEvent:
+        event_id = new_event_id()
         return events_pb2.FeedbackEvent(
-            event_id=new_event_id(),
+            event_id=event_id,
             created_at=timestamp_now(),
             schema_version=SCHEMA_VERSION,
             completion_id=completion_id,
             user_id=user_id,
             policy_version=version,
-            idempotency_key=key,
+            idempotency_key=key or f"event:{event_id}",  # no client key: unique, so never a duplicate
             choice_policy_versions=versions,
         )
 

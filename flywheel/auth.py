@@ -46,14 +46,20 @@ def resolve_user(
     """Map a request's credentials to a user id.
 
     A known Bearer key gives its user. Otherwise, in anonymous mode, the caller gets
-    `anon-<hash>` of the key it sent or, without one, of the hint (its address): stable
-    across requests and the same in serving and feedback, so canary routing stays sticky
-    and the feedback service sees the user its token names.
+    `anon-key-<hash>` of the key it sent or, without one, `anon-ip-<hash>` of the hint (its
+    address): stable across requests and the same in serving and feedback, so canary routing
+    stays sticky and the feedback service sees the user its token names. The two prefixes keep
+    a caller who sends another's address as a Bearer key from becoming that user.
     """
     key = bearer_key(authorization)
     if key is not None and key in api_keys:
         return api_keys[key]
     if not allow_anonymous:
         raise Unauthorized("a valid API key is required (Authorization: Bearer <key>)")
-    basis = key or anonymous_hint or "anonymous"
-    return "anon-" + hashlib.sha256(basis.encode("utf-8")).hexdigest()[:16]
+    if key:
+        return "anon-key-" + _short_hash(key)
+    return "anon-ip-" + _short_hash(anonymous_hint or "unknown")
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]

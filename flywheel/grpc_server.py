@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from urllib.parse import unquote
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -12,6 +13,19 @@ from pydantic import SecretStr
 from flywheel.auth import admin_key_matches
 
 log = logging.getLogger(__name__)
+
+
+def peer_host(peer: str) -> str:
+    """The caller's address in a gRPC peer string, without scheme or port.
+
+    'ipv4:10.0.0.7:5123' gives '10.0.0.7'; 'ipv6:%5B::1%5D:5123' (gRPC escapes the brackets) and
+    'ipv6:[::1]:5123' give '::1', as HTTP's `request.client.host` names the same caller.
+    """
+    _, _, address = unquote(peer).partition(":")
+    if address.startswith("[") and "]" in address:
+        return address[1 : address.index("]")]
+    host, sep, port = address.rpartition(":")
+    return host if sep and port.isdigit() else address
 
 
 async def require_admin(context: grpc.aio.ServicerContext, admin_key: SecretStr) -> None:
@@ -33,7 +47,7 @@ async def start_grpc_server(
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")  # IPv6 in brackets
     if bound == 0:
         raise RuntimeError(f"cannot bind gRPC on {host}:{port}")
     await server.start()

@@ -1,4 +1,4 @@
-"""ASGI middleware shared by the HTTP services: body-size limit and request metrics.
+"""ASGI middleware shared by the HTTP services: admin paths, body-size limit and request metrics.
 
 Pure ASGI (not BaseHTTPMiddleware) so streamed responses are measured to their last byte
 and are not buffered.
@@ -11,13 +11,15 @@ import time
 
 from fastapi import Request
 from prometheus_client import Counter, Gauge, Histogram
+from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flywheel.auth import Unauthorized, resolve_user
-from flywheel.errors import APIError
+from flywheel.auth import Unauthorized, admin_key_matches, resolve_user
+from flywheel.errors import APIError, error_body
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+_ADMIN_REQUIRED = "this route needs the admin key (Authorization: Bearer <admin key>)"
 
 
 def caller_id(request: Request, authorization: str | None) -> str:
@@ -31,7 +33,11 @@ def caller_id(request: Request, authorization: str | None) -> str:
 
 
 class RequestGuard:
-    """Refuses bodies over `max_body_bytes` with 413 and records requests by route and status."""
+    """Refuses bodies over `max_body_bytes` with 413 and records requests by route and status.
+
+    Requests to `admin_paths` without the admin key get 401 before their body is read, so a
+    caller without the key cannot make the service take in an admin route's large bodies.
+    """
 
     def __init__(
         self,
@@ -41,10 +47,16 @@ class RequestGuard:
         latency: Histogram,
         in_flight: Gauge,
         path_limits: dict[str, int] | None = None,
+        admin_paths: frozenset[str] = frozenset(),
+        admin_key: SecretStr | None = None,
     ) -> None:
+        if admin_paths and admin_key is None:
+            raise ValueError("admin_paths need the admin_key")
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.path_limits = path_limits or {}
+        self.admin_paths = admin_paths
+        self.admin_key = admin_key
         self.requests = requests
         self.latency = latency
         self.in_flight = in_flight
@@ -63,6 +75,9 @@ class RequestGuard:
 
         self.in_flight.inc()
         try:
+            if scope["path"] in self.admin_paths and not self._is_admin(scope):
+                await _send_error(send_wrapper, 401, _ADMIN_REQUIRED, "authentication_error", "invalid_admin_key")
+                return
             if scope["method"] in _BODY_METHODS:
                 limit = self.path_limits.get(scope["path"], self.max_body_bytes)
                 body = await self._read_body(scope, receive, limit)
@@ -78,6 +93,12 @@ class RequestGuard:
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"  # bounded label values
             self.requests.labels(label, method, str(status["code"])).inc()
             self.latency.labels(label).observe(time.perf_counter() - started)
+
+    def _is_admin(self, scope: Scope) -> bool:
+        authorization = next((v for k, v in scope.get("headers", []) if k == b"authorization"), None)
+        if authorization is None:
+            return False
+        return admin_key_matches(authorization.decode("latin-1"), self.admin_key)
 
     async def _read_body(self, scope: Scope, receive: Receive, limit: int) -> bytes | None:
         for name, value in scope.get("headers", []):
@@ -103,24 +124,21 @@ class RequestGuard:
         return b"".join(chunks)
 
     async def _too_large(self, send: Send, limit: int) -> None:
-        body = json.dumps(
-            {
-                "error": {
-                    "message": f"request body is larger than {limit} bytes",
-                    "type": "invalid_request_error",
-                    "param": None,
-                    "code": "request_too_large",
-                }
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            }
+        await _send_error(
+            send, 413, f"request body is larger than {limit} bytes", "invalid_request_error", "request_too_large"
         )
-        await send({"type": "http.response.body", "body": body})
+
+
+async def _send_error(send: Send, status: int, message: str, type_: str, code: str) -> None:
+    body = json.dumps(error_body(message, type_, None, code)).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -12,11 +12,22 @@ from collections.abc import Iterable
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import (
+    CorruptRecordError,
+    InvalidRecordError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    TopicAlreadyExistsError,
+)
 
 from flywheel.settings import TOPICS
 
 log = logging.getLogger(__name__)
+
+# Errors about one record that every retry meets again (the broker will never take it): a
+# producer dead-letters that record and goes on, rather than retrying the events behind it forever.
+UNDELIVERABLE = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError, CorruptRecordError)
 
 
 def make_producer(bootstrap: str, **overrides: object) -> KafkaProducer:

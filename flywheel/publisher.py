@@ -2,7 +2,8 @@
 
 Producers of best-effort events (serving's completions) must never block or fail a user
 request because Kafka is down: events wait here, are retried until acknowledged, and are
-dropped (and counted) only when the buffer is full.
+dropped (and counted) only when the buffer is full. An event the broker can never accept
+(too large, invalid) is dead-lettered instead: kept in a short list, counted, logged once.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from collections.abc import Callable
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from flywheel.kafka import close_quietly, make_producer
+from flywheel.kafka import UNDELIVERABLE, close_quietly, make_producer
 
 log = logging.getLogger(__name__)
 
 _BATCH = 256
+_Event = tuple[bytes | None, bytes]
 
 
 def _noop(*_: object) -> None:
@@ -38,7 +40,9 @@ class BufferedPublisher:
         on_dropped: Callable[[int], None] = _noop,
         on_error: Callable[[], None] = _noop,
         on_depth: Callable[[int], None] = _noop,
+        on_dead_lettered: Callable[[int], None] = _noop,
         retry_backoff_s: float = 1.0,
+        dead_letter_capacity: int = 16,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
@@ -48,8 +52,13 @@ class BufferedPublisher:
         self._on_dropped = on_dropped
         self._on_error = on_error
         self._on_depth = on_depth
+        self._on_dead_lettered = on_dead_lettered
         self._backoff = retry_backoff_s
-        self._buffer: collections.deque[tuple[bytes | None, bytes]] = collections.deque()
+        self._buffer: collections.deque[_Event] = collections.deque()
+        # The latest events the broker refused for good, with why: for an operator, bounded in memory.
+        self.dead_letters: collections.deque[tuple[bytes | None, bytes, str]] = collections.deque(
+            maxlen=dead_letter_capacity
+        )
         self._cond = threading.Condition()
         self._stopping = False
         self._producer: KafkaProducer | None = None
@@ -103,11 +112,7 @@ class BufferedPublisher:
                     return
                 batch = [self._buffer[i] for i in range(min(_BATCH, len(self._buffer)))]
             try:
-                producer = self._ensure_producer()
-                futures = [producer.send(self.topic, key=key, value=value) for key, value in batch]
-                producer.flush(timeout=30)
-                for future in futures:
-                    future.get(timeout=0)
+                dead = self._send(self._ensure_producer(), batch)
             except (KafkaError, OSError, AssertionError) as exc:
                 # Keep the batch at the head of the buffer and retry: duplicates are possible
                 # after a partial failure, so consumers dedupe by event id.
@@ -123,10 +128,35 @@ class BufferedPublisher:
                 for _ in batch:
                     self._buffer.popleft()
                 self._on_depth(len(self._buffer))
-            self._on_published(len(batch))
+            self._dead_letter(dead)
+            self._on_published(len(batch) - len(dead))
             if self._failing_since is not None:
                 log.info("publishing to %s recovered after %.1f s", self.topic, time.monotonic() - self._failing_since)
                 self._failing_since = None
+
+    def _send(self, producer: KafkaProducer, batch: list[_Event]) -> list[tuple[_Event, KafkaError]]:
+        """Send a batch and wait for it; returns the events refused for good. Other errors raise."""
+        dead: list[tuple[_Event, KafkaError]] = []
+        futures = []
+        for event in batch:
+            try:
+                futures.append((event, producer.send(self.topic, key=event[0], value=event[1])))
+            except UNDELIVERABLE as exc:  # checked by the client before sending (max_request_size)
+                dead.append((event, exc))
+        producer.flush(timeout=30)
+        for event, future in futures:
+            try:
+                future.get(timeout=0)
+            except UNDELIVERABLE as exc:  # refused by the broker
+                dead.append((event, exc))
+        return dead
+
+    def _dead_letter(self, dead: list[tuple[_Event, KafkaError]]) -> None:
+        for (key, value), exc in dead:
+            log.error("dead-lettered an event for %s (key %r, %d bytes): %s", self.topic, key, len(value), exc)
+            self.dead_letters.append((key, value, str(exc)))
+        if dead:
+            self._on_dead_lettered(len(dead))
 
     def _reset_producer(self) -> None:
         close_quietly(self._producer)

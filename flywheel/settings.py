@@ -321,6 +321,11 @@ class TrainerSettings(CommonSettings):
     def cors_origin_list(self) -> list[str]:
         return [origin.strip().rstrip("/") for origin in self.cors_origins.split(",") if origin.strip()]
 
+    @model_validator(mode="after")
+    def _check_admin_key_for_host(self) -> TrainerSettings:
+        refuse_public_placeholder_admin_key(self.host, self.admin_key)  # TriggerRound, Pause, Resume
+        return self
+
     @property
     def dataset_path(self) -> Path:
         return self.data_dir / "trainer" / "dataset.sqlite"

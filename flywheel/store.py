@@ -152,7 +152,7 @@ class ModelStore:
     def manifest(self, version: str) -> Manifest:
         path = self.path(version) / MANIFEST
         if not path.is_file():
-            raise StoreError(f"version {version} is not in the store {self.root}")
+            raise StoreError(f"version {version} is not in the store")  # no path: refusal reasons are public
         try:
             return Manifest.from_json(path.read_text(encoding="utf-8"))
         except (ValueError, TypeError, KeyError) as exc:

@@ -1,8 +1,9 @@
 """Feedback tokens: proof that a user was served a choice, checkable without a database.
 
-Serving signs (completion id, choice index, choice count, user id, policy version) with a
-secret it shares with the feedback service; the feedback service verifies the signature and
-that the claims match the request. Tokens are opaque strings to clients.
+Serving signs (completion id, choice index, choice count, user id, policy version, issue time)
+with a secret it shares with the feedback service; the feedback service verifies the signature,
+the token's age and that the claims match the request. Tokens are opaque strings to clients:
+whatever a client sends instead, verify answers InvalidFeedbackToken, never another error.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ _PREFIX = "fw1"
 
 class InvalidFeedbackToken(ValueError):
     """The token is malformed, forged or altered."""
+
+
+class ExpiredFeedbackToken(InvalidFeedbackToken):
+    """The token is genuine but older than the tokens' time to live."""
 
 
 @dataclass(frozen=True)
@@ -39,12 +44,13 @@ def _unb64(text: str) -> bytes:
 
 
 class FeedbackToken:
-    """Signs and verifies feedback tokens with one HMAC-SHA256 key."""
+    """Signs and verifies feedback tokens with one HMAC-SHA256 key; `ttl_s` > 0 bounds their age."""
 
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str, ttl_s: float = 0) -> None:
         if not secret:
             raise ValueError("the feedback token secret must not be empty")
         self._key = secret.encode("utf-8")
+        self.ttl_s = ttl_s
 
     def _sign(self, payload: str) -> str:
         return _b64(hmac.digest(self._key, payload.encode("ascii"), "sha256"))
@@ -70,14 +76,22 @@ class FeedbackToken:
         return f"{_PREFIX}.{payload}.{self._sign(payload)}"
 
     def verify(self, token: str) -> TokenClaims:
-        """Return the token's claims, or raise InvalidFeedbackToken."""
-        parts = token.split(".") if isinstance(token, str) else []
+        """Return the token's claims, or raise InvalidFeedbackToken (malformed, forged, expired)."""
+        # Issued tokens are ASCII; anything else would raise in _sign() or compare_digest() below.
+        parts = token.split(".") if isinstance(token, str) and token.isascii() else []
         if len(parts) != 3 or parts[0] != _PREFIX:
             raise InvalidFeedbackToken("feedback_token is malformed")
         _, payload, signature = parts
         if not hmac.compare_digest(self._sign(payload), signature):
             raise InvalidFeedbackToken("feedback_token signature does not match")
         try:
-            return TokenClaims(**json.loads(_unb64(payload)))
+            claims = TokenClaims(**json.loads(_unb64(payload)))
         except (ValueError, TypeError) as exc:
             raise InvalidFeedbackToken("feedback_token payload is malformed") from exc
+        age = time.time() - claims.issued_at
+        if self.ttl_s > 0 and age > self.ttl_s:
+            raise ExpiredFeedbackToken(
+                f"feedback_token has expired (issued {age / 3600:.0f} h ago; tokens are valid for "
+                f"{self.ttl_s / 3600:g} h): rate a newer answer"
+            )
+        return claims

@@ -37,6 +37,7 @@ def completion_publisher(settings: ServingSettings, metrics: ServingMetrics) -> 
         on_dropped=metrics.events_dropped.inc,
         on_error=metrics.publish_errors.inc,
         on_depth=metrics.event_buffer.set,
+        on_dead_lettered=metrics.events_dead_lettered.labels("serving").inc,
     )
 
 

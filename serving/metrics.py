@@ -64,6 +64,12 @@ class ServingMetrics:
         self.publish_errors = Counter(
             "flywheel_serving_completion_event_publish_errors", "Failed attempts to publish to Kafka.", registry=r
         )
+        self.events_dead_lettered = Counter(
+            "flywheel_events_dead_lettered",
+            "Events the broker can never accept (too large, invalid), set aside instead of retried; by producer.",
+            ["producer"],
+            registry=r,
+        )
         self.swap_seconds = Histogram(
             "flywheel_serving_policy_swap_seconds",
             "Time from a PolicyPublished event to the version being live (verify, load, warm up).",

@@ -336,6 +336,12 @@ class PolicyReceiver:
 
     async def _refuse(self, version: str, exc: RefusedVersion) -> None:
         log.error("refusing policy version %s: %s", version, exc)
+        # The reason is shown by GET /v1/policy and sent on the policy topic: no file system paths
+        # (an engine's or safetensors' error may name the version's directory).
+        reason = str(exc).replace(str(self.store.root.resolve()), "<store>").replace(str(self.store.root), "<store>")
+        if self.model_path:
+            reason = reason.replace(str(self.model_path), "<model>")
+        exc = RefusedVersion(exc.reason, reason)
         self.refused[version] = str(exc)
         self.metrics.refused_versions.labels(exc.reason).inc()
         if exc.reason in ("load_failed", "warmup_failed"):

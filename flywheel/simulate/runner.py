@@ -71,7 +71,7 @@ class SimulationConfig:
     def user_key(self, index: int) -> str:
         """The Bearer key of a user: a real key, or in anonymous mode a key that names the user.
 
-        Serving and feedback give an unknown key the id `anon-<hash of the key>` in anonymous
+        Serving and feedback give an unknown key the id `anon-key-<hash of the key>` in anonymous
         mode, so distinct keys are distinct users, and the same on both services.
         """
         return self.api_keys[index] if self.api_keys else f"flywheel-simulated-user-{self.seed}-{index}"

@@ -48,7 +48,7 @@ async def list_models(request: Request) -> ModelList:
             ModelCard(
                 id=state.settings.served_model_name,
                 created=state.started_at,
-                root=state.model_path,
+                root=state.settings.served_model_name,  # never the model's directory: no paths to callers
                 policy_version=router_.stable.version,
             )
         ]

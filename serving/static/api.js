@@ -123,6 +123,23 @@ async function postFeedback(feedbackUrl, path, body, apiKey) {
   return response.json();
 }
 
+function newIdempotencyKey() {
+  if (crypto.randomUUID) return crypto.randomUUID(); // only in secure contexts (https, localhost)
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// Stamps each feedback submission with an idempotency key: sending the same body again (a retry
+// after a failure, or a second click) reuses its key, so the service answers "already recorded";
+// any change gets a fresh key, so a change of mind (up, down, up) is a new event every time.
+export function keyedSubmissions() {
+  let last = { text: null, key: null };
+  return (body) => {
+    const text = JSON.stringify(body);
+    if (text !== last.text) last = { text, key: newIdempotencyKey() };
+    return { ...body, idempotency_key: last.key };
+  };
+}
+
 // POST /v1/feedback: a thumb on one choice, with an optional comment and dimension scores.
 export function sendThumbs(feedbackUrl, body, apiKey) {
   return postFeedback(feedbackUrl, "/v1/feedback", body, apiKey);

@@ -2,7 +2,7 @@
 // service. Model output and user input are only ever set as text (textContent), never parsed as
 // HTML, so nothing a model writes can run in the page.
 
-import { ServiceError, loadConfig, probe, sendComparison, sendThumbs, streamChat } from "./api.js";
+import { ServiceError, keyedSubmissions, loadConfig, probe, sendComparison, sendThumbs, streamChat } from "./api.js";
 import { KeyPanel } from "./keys.js";
 
 const DIMENSIONS = ["helpfulness", "accuracy", "safety", "tone"];
@@ -146,6 +146,7 @@ function attachRating(answer, result, index) {
   const send = details.querySelector('button[type="submit"]');
   const dimensions = form.querySelector(".dimensions");
   for (const name of DIMENSIONS) dimensions.append(dimensionSelect(name));
+  const keyed = keyedSubmissions();
   let rating = null;
 
   for (const thumb of form.querySelectorAll(".thumb")) {
@@ -165,7 +166,8 @@ function attachRating(answer, result, index) {
     form.dataset.state = "sending";
     status.textContent = "Sending…";
     try {
-      const accepted = await sendThumbs(state.config.feedback_url, collectThumbs(form, result, index, rating), apiKey.value);
+      const body = keyed(collectThumbs(form, result, index, rating));
+      const accepted = await sendThumbs(state.config.feedback_url, body, apiKey.value);
       setService("feedback", "up");
       form.dataset.state = "sent";
       status.textContent = accepted.duplicate ? "Already recorded." : "Thanks, recorded.";
@@ -185,6 +187,7 @@ function attachRating(answer, result, index) {
 function attachVerdict(comparison, answers, result) {
   const form = comparison.querySelector(".verdict");
   const status = form.querySelector(".verdict-state");
+  const keyed = keyedSubmissions();
   form.hidden = false;
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -202,7 +205,7 @@ function attachVerdict(comparison, answers, result) {
     form.dataset.state = "sending";
     status.textContent = "Sending…";
     try {
-      const accepted = await sendComparison(state.config.feedback_url, body, apiKey.value);
+      const accepted = await sendComparison(state.config.feedback_url, keyed(body), apiKey.value);
       setService("feedback", "up");
       form.dataset.state = "sent";
       answers.forEach((answer, index) => answer.classList.toggle("preferred", pick !== "tie" && index === preferred));

@@ -1,5 +1,7 @@
 """Without anonymous mode, feedback needs a known API key; limits answer 429 with Retry-After."""
 
+import time
+
 from fastapi.testclient import TestClient
 
 from feedback.app import build_app
@@ -13,6 +15,9 @@ def settings(tmp_path, **extra) -> FeedbackSettings:
         data_dir=tmp_path, kafka_bootstrap=f"127.0.0.1:{free_port()}", feedback_token_secret="s",
         api_keys="k1:alice", **extra,
     )  # fmt: skip
+
+
+KEY = {"Authorization": "Bearer k1"}
 
 
 def thumbs(i: int = 0) -> dict:
@@ -46,3 +51,17 @@ def test_outbox_full_answers_503_and_keeps_what_it_accepted(tmp_path):
         assert [r.status_code for r in codes] == [202, 202, 503]
         assert "Retry-After" in codes[2].headers
         assert client.get("/readyz").json()["outbox_pending"] == 2
+
+
+def test_a_non_ascii_or_expired_token_is_a_403_never_a_500(tmp_path):
+    app = build_app(settings(tmp_path, feedback_token_ttl_s=3600), start_grpc=False)
+    expired = FeedbackToken("s").issue("c0", 0, 1, "alice", "base", issued_at=int(time.time()) - 7200)
+    with TestClient(app) as client:
+        for token in ("fw1.é.x", "fw1." + thumbs()["feedback_token"].split(".", 1)[1] + "é", "ｔｏｋｅｎ"):  # noqa: RUF001
+            response = client.post("/v1/feedback", json={**thumbs(), "feedback_token": token}, headers=KEY)
+            assert response.status_code == 403, response.text
+            assert response.json()["error"]["code"] == "invalid_token"
+        response = client.post("/v1/feedback", json={**thumbs(), "feedback_token": expired}, headers=KEY)
+        assert response.status_code == 403 and response.json()["error"]["code"] == "expired_token"
+        assert "expired" in response.json()["error"]["message"]
+        assert client.post("/v1/feedback", json=thumbs(), headers=KEY).status_code == 202

@@ -57,21 +57,20 @@ def test_thumbs_on_a_served_completion_is_accepted_and_published(feedback_server
     assert list(event.thumbs.flags) == ["incorrect"]
 
 
-def test_retry_is_the_same_event_and_a_changed_rating_is_a_new_one(feedback_server, served, broker):
+def test_a_retry_with_its_key_is_the_same_event_and_a_change_of_mind_is_a_new_one(feedback_server, served, broker):
     url = f"{feedback_server.url}/v1/feedback"
-    first = httpx.post(url, json=thumbs(served, 0, rating="up"), headers=ALICE).json()
-    retry = httpx.post(url, json=thumbs(served, 0, rating="up"), headers=ALICE).json()
+    first = httpx.post(url, json=thumbs(served, 0, rating="up", idempotency_key="click-1"), headers=ALICE).json()
+    retry = httpx.post(url, json=thumbs(served, 0, rating="up", idempotency_key="click-1"), headers=ALICE).json()
     assert retry["event_id"] == first["event_id"] and retry["duplicate"] is True
     changed = httpx.post(url, json=thumbs(served, 0, rating="down"), headers=ALICE).json()
-    assert changed["event_id"] != first["event_id"] and changed["duplicate"] is False
-    keyed = thumbs(served, 0, rating="up", idempotency_key="client-key-1")
-    assert (
-        httpx.post(url, json=keyed, headers=ALICE).json()["event_id"]
-        == (httpx.post(url, json=keyed, headers=ALICE).json()["event_id"])
-    )
-    wanted = {first["event_id"], changed["event_id"]}
+    back = httpx.post(url, json=thumbs(served, 0, rating="up"), headers=ALICE).json()  # up, down, up: the latest wins
+    assert len({first["event_id"], changed["event_id"], back["event_id"]}) == 3
+    assert changed["duplicate"] is False and back["duplicate"] is False
+    wanted = {first["event_id"], changed["event_id"], back["event_id"]}
     events = feedback_events(broker, lambda evs: wanted <= {e.event_id for e in evs})
     assert sum(e.event_id == first["event_id"] for e in events) == 1
+    ours = [e for e in events if e.event_id in wanted]
+    assert [e.thumbs.rating for e in ours] == [events_pb2.RATING_UP, events_pb2.RATING_DOWN, events_pb2.RATING_UP]
 
 
 def test_comparisons_pair_and_ranking(feedback_server, served, broker):

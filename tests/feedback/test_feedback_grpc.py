@@ -1,9 +1,14 @@
 """FeedbackService over gRPC with the grpcio client: unary calls, bulk streaming, health."""
 
+from unittest.mock import Mock
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from feedback.grpc_server import FeedbackServicer
+from feedback.service import FeedbackService
+from flywheel.auth import resolve_user
 from flywheel.tokens import FeedbackToken
 from flywheel.v1 import feedback_pb2, feedback_pb2_grpc
 from tests.conftest import BOB_API_KEY, TEST_API_KEY, TEST_SECRET, TEST_USER
@@ -55,6 +60,8 @@ def test_unary_thumbs_and_comparison(stub):
                                           feedback_token=SIGNER.issue("grpc-5", 0, 1, TEST_USER, "base")),
          ALICE, grpc.StatusCode.INVALID_ARGUMENT),
         (thumbs("grpc-6", flags=["nonsense"]), ALICE, grpc.StatusCode.INVALID_ARGUMENT),
+        (feedback_pb2.SubmitThumbsRequest(completion_id="grpc-7", rating="up", feedback_token="fw1.é.x"), ALICE,
+         grpc.StatusCode.PERMISSION_DENIED),
     ],
 )  # fmt: skip
 def test_unary_rejections_carry_status_codes(stub, request_, metadata, code):
@@ -65,18 +72,21 @@ def test_unary_rejections_carry_status_codes(stub, request_, metadata, code):
 
 
 def test_bulk_stream_answers_each_event_in_order(stub):
-    items = [feedback_pb2.BulkSubmitRequest(thumbs=thumbs(f"bulk-{i}")) for i in range(50)]
+    items = [feedback_pb2.BulkSubmitRequest(thumbs=thumbs(f"bulk-{i}", idempotency_key=f"bulk-{i}")) for i in range(50)]
     items[10] = feedback_pb2.BulkSubmitRequest(
         thumbs=feedback_pb2.SubmitThumbsRequest(completion_id="bulk-x", rating="up", feedback_token="forged")
     )
     items[20] = feedback_pb2.BulkSubmitRequest()
+    items[30] = feedback_pb2.BulkSubmitRequest(  # a non-ASCII token is one rejection, not the stream's end
+        thumbs=feedback_pb2.SubmitThumbsRequest(completion_id="bulk-y", rating="up", feedback_token="fw1.é.sïg")
+    )
     reply = stub.BulkSubmit(iter(items), metadata=ALICE)
     assert len(reply.results) == 50
-    assert reply.accepted == 48 and reply.rejected == 2
+    assert reply.accepted == 47 and reply.rejected == 3
     assert reply.results[10].status == feedback_pb2.FEEDBACK_STATUS_REJECTED
-    assert reply.results[10].code == "PERMISSION_DENIED"
+    assert reply.results[10].code == reply.results[30].code == "PERMISSION_DENIED"
     assert reply.results[20].code == "INVALID_ARGUMENT"
-    assert all(r.event_id for i, r in enumerate(reply.results) if i not in (10, 20))
+    assert all(r.event_id for i, r in enumerate(reply.results) if i not in (10, 20, 30))
     again = stub.BulkSubmit(iter(items[:5]), metadata=ALICE)  # retries: the same events
     assert [r.event_id for r in again.results] == [r.event_id for r in reply.results[:5]]
 
@@ -93,3 +103,18 @@ def test_bulk_stream_stops_reading_at_its_limit(broker, tmp_path):
         assert len(reply.results) == 5 and reply.accepted == 5  # the client sees three were not read
     finally:
         stop_process(server.process)
+
+
+def test_anonymous_ipv6_callers_are_told_apart_and_named_as_over_http():
+    servicer = FeedbackServicer(Mock(spec=FeedbackService), {}, allow_anonymous=True)
+
+    def user(peer: str) -> str:
+        context = Mock(spec=grpc.aio.ServicerContext)
+        context.invocation_metadata.return_value = ()
+        context.peer.return_value = peer
+        return servicer._user(context)
+
+    local, other = user("ipv6:%5B::1%5D:5000"), user("ipv6:%5B2001:db8::7%5D:5000")  # gRPC escapes the brackets
+    assert local != other
+    assert local == user("ipv6:[::1]:6000") == resolve_user(None, {}, True, "::1")  # HTTP's client.host is '::1'
+    assert user("ipv4:10.0.0.7:5000") == resolve_user(None, {}, True, "10.0.0.7")

@@ -56,3 +56,23 @@ def test_outage_buffers_then_drops_when_full_and_delivers_after_recovery():
     finally:
         publisher.close()
         broker.stop()
+
+
+def test_an_event_the_broker_can_never_take_is_dead_lettered_and_the_rest_go_on(broker):
+    topic = "flywheel.test.publisher-dead-letters"
+    create_topics(broker.bootstrap, [topic])
+    published, dead = [], []
+    publisher = BufferedPublisher(
+        broker.bootstrap, topic, 100, on_published=published.append, on_dead_lettered=dead.append
+    ).start()
+    for value in (b"before", b"x" * 2_000_000, b"after"):  # past the producer's 1 MB request limit
+        publisher.publish("k", value)
+    try:
+        _wait(lambda: sum(published) == 2 and publisher.depth == 0, timeout=20)
+    finally:
+        publisher.close()
+    assert sum(dead) == 1
+    [(key, value, reason)] = publisher.dead_letters
+    assert key == b"k" and len(value) == 2_000_000 and "MessageSizeTooLarge" in reason
+    records = consume(broker.bootstrap, topic, bytes, lambda r: b"after" in r)
+    assert records == [b"before", b"after"]

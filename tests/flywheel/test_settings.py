@@ -2,7 +2,7 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from flywheel.auth import Unauthorized, admin_key_matches, resolve_user
-from flywheel.settings import PLACEHOLDER_SECRET, FeedbackSettings, ServingSettings, TrainerSettings
+from flywheel.settings import PLACEHOLDER_SECRET, FeedbackSettings, ServingSettings, TrainerSettings, is_loopback
 
 
 def test_placeholder_secret_is_refused_outside_local(monkeypatch):
@@ -21,6 +21,23 @@ def test_placeholder_secret_is_allowed_locally(monkeypatch):
     monkeypatch.delenv("FLYWHEEL_FEEDBACK_TOKEN_SECRET", raising=False)
     monkeypatch.setenv("FLYWHEEL_ENV", "local")
     assert ServingSettings().feedback_token_secret.get_secret_value() == PLACEHOLDER_SECRET
+
+
+@pytest.mark.parametrize("settings_class", [ServingSettings, FeedbackSettings, TrainerSettings])
+def test_the_placeholder_admin_key_is_refused_beyond_loopback_even_locally(monkeypatch, settings_class):
+    monkeypatch.delenv("FLYWHEEL_ADMIN_KEY", raising=False)
+    monkeypatch.setenv("FLYWHEEL_ENV", "local")
+    for host in ("0.0.0.0", "", "::", "10.1.2.3", "flywheel.example.com"):
+        with pytest.raises(ValidationError, match="FLYWHEEL_ADMIN_KEY still holds the placeholder"):
+            settings_class(host=host)
+    for host in ("127.0.0.1", "localhost", "::1"):
+        assert settings_class(host=host).admin_key.get_secret_value() == PLACEHOLDER_SECRET
+    assert settings_class(host="0.0.0.0", admin_key="a-real-admin-key").host == "0.0.0.0"
+
+
+def test_loopback_hosts_are_those_that_reach_this_machine_only():
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.8.9.10", "localhost", "LOCALHOST", "::1", "[::1]"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "", "::", "192.168.1.4", "example.com", "127.0.0.1.nip.io"))
 
 
 @pytest.mark.parametrize("settings_class", [ServingSettings, FeedbackSettings, TrainerSettings])
@@ -59,8 +76,16 @@ def test_users_resolve_from_keys_or_stable_anonymous_ids():
     keys = {"k1": "alice"}
     assert resolve_user("Bearer k1", keys, allow_anonymous=False) == "alice"
     anon = resolve_user(None, keys, allow_anonymous=True, anonymous_hint="user-7")
-    assert anon.startswith("anon-")
+    assert anon.startswith("anon-ip-")
     assert anon == resolve_user(None, keys, allow_anonymous=True, anonymous_hint="user-7")
     assert anon != resolve_user(None, keys, allow_anonymous=True, anonymous_hint="user-8")
     with pytest.raises(Unauthorized):
         resolve_user("Bearer unknown", keys, allow_anonymous=False)
+
+
+def test_an_anonymous_key_and_an_address_never_give_the_same_id():
+    by_address = resolve_user(None, {}, allow_anonymous=True, anonymous_hint="10.0.0.7")
+    by_key = resolve_user("Bearer 10.0.0.7", {}, allow_anonymous=True, anonymous_hint="10.9.9.9")
+    assert by_address.startswith("anon-ip-") and by_key.startswith("anon-key-")
+    assert by_address.removeprefix("anon-ip-") == by_key.removeprefix("anon-key-")  # same hash, told apart
+    assert by_key == resolve_user("Bearer 10.0.0.7", {}, allow_anonymous=True, anonymous_hint="10.0.0.8")

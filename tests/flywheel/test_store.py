@@ -78,3 +78,10 @@ def test_every_read_refuses_a_name_or_file_that_leads_out_of_the_store(tmp_path)
     (tmp_path / "store" / "v1" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(StoreError, match="outside the version"):
         store.verify("v1")
+
+
+def test_a_missing_version_is_named_without_the_stores_path(tmp_path):
+    """The message becomes a refusal reason that GET /v1/policy and the policy topic show."""
+    with pytest.raises(StoreError) as missing:
+        ModelStore(tmp_path / "store").verify("v9")
+    assert "v9" in str(missing.value) and str(tmp_path) not in str(missing.value)

@@ -1,6 +1,8 @@
+import time
+
 import pytest
 
-from flywheel.tokens import FeedbackToken, InvalidFeedbackToken
+from flywheel.tokens import ExpiredFeedbackToken, FeedbackToken, InvalidFeedbackToken
 
 
 def test_issued_token_verifies_with_its_claims():
@@ -31,3 +33,18 @@ def test_altered_claims_are_refused():
 def test_malformed_tokens_are_refused(garbage):
     with pytest.raises(InvalidFeedbackToken):
         FeedbackToken("secret").verify(garbage)
+
+
+@pytest.mark.parametrize("garbage", ["fw1.é.sig", "fw1.payload.sïg", "fw1.\udcff.sig", "fw1.a.b\x00é"])
+def test_non_ascii_tokens_are_refused_as_malformed_not_an_error(garbage):
+    with pytest.raises(InvalidFeedbackToken, match="malformed"):
+        FeedbackToken("secret").verify(garbage)
+
+
+def test_a_token_older_than_the_time_to_live_is_refused_as_expired():
+    signer = FeedbackToken("secret", ttl_s=3600)
+    assert signer.verify(signer.issue("c", 0, 1, "alice", "base", issued_at=int(time.time()) - 3000)).user_id == "alice"
+    old = signer.issue("c", 0, 1, "alice", "base", issued_at=int(time.time()) - 3700)
+    with pytest.raises(ExpiredFeedbackToken, match="expired"):
+        signer.verify(old)
+    assert FeedbackToken("secret", ttl_s=0).verify(old).user_id == "alice"  # 0: tokens never expire

@@ -191,7 +191,7 @@ def exercised(serving_server, feedback_server, trainer, prometheus) -> dict:
             if i % 2 == 0:
                 for index, rating in ((0, "up"), (1, "down")):
                     thumbs = {"completion_id": completion["id"], "choice_index": index, "rating": rating,
-                              "feedback_token": tokens[index]}  # fmt: skip
+                              "feedback_token": tokens[index], "idempotency_key": f"k8s-{i}-{index}"}  # fmt: skip
                     assert client.post(f"{feedback}/feedback", json=thumbs).status_code == 202
         assert client.post(f"{feedback}/feedback", json=thumbs).json()["duplicate"] is True
         forged = {**thumbs, "feedback_token": "not-a-token"}

@@ -113,6 +113,7 @@ def test_a_person_chats_rates_and_compares_and_the_trainer_stores_both(page: Pag
         answer.get_by_role("button", name="Send feedback").click()
     expect(answer.locator(".rating-state")).to_have_text("Thanks, recorded.")
     thumbs = thumbs_request.value.post_data_json
+    assert thumbs["idempotency_key"]  # the page's own, so its retries are one event and a change of mind is not
     assert "authorization" not in thumbs_request.value.headers  # anonymous: no key pasted yet
 
     # -- compare mode, with an API key pasted into the page: two answers side by side, B preferred

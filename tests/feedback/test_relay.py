@@ -1,0 +1,46 @@
+"""The relay against the real broker: an event the broker can never take is dead-lettered."""
+
+from __future__ import annotations
+
+from feedback.metrics import FeedbackMetrics
+from feedback.outbox import Outbox, OutboxLedger, OutboxRecord
+from feedback.relay import Relay, RelayStats
+from flywheel.metrics import render
+from flywheel.settings import TOPIC_FEEDBACK
+from flywheel.v1 import events_pb2
+from tests.kafka_helpers import consume
+
+
+def record(name: str, comment: str = "", key: str = "") -> OutboxRecord:
+    key = key or name
+    event = events_pb2.FeedbackEvent(event_id=name, idempotency_key=key, completion_id=name, user_id="relay-test")
+    event.thumbs.rating = events_pb2.RATING_UP
+    event.thumbs.comment = comment
+    return OutboxRecord(name, key, name, "thumbs", event.SerializeToString())
+
+
+def test_an_event_the_broker_can_never_take_is_dead_lettered_and_the_rest_are_published(broker, tmp_path):
+    path = tmp_path / "outbox.sqlite"
+    outbox = Outbox(path, max_pending=100)
+    names = ["relay-dl-before", "relay-dl-huge", "relay-dl-after"]
+    outbox.append_many([record(names[0]), record(names[1], "x" * 2_000_000), record(names[2])]).result(timeout=10)
+    ledger, stats = OutboxLedger(path), RelayStats()
+    try:
+        assert Relay(ledger, broker.bootstrap, stats).publish_once() == 3
+        assert ledger.unpublished(10) == []  # nothing is left to retry forever
+        [(event_id, kind, reason)] = ledger.dead_letters()
+        assert (event_id, kind) == ("relay-dl-huge", "thumbs") and "MessageSizeTooLarge" in reason
+        retry = record("relay-dl-retry", "x" * 2_000_000, key="relay-dl-huge")
+        [again] = outbox.append_many([retry]).result(timeout=10)
+        assert again.duplicate and again.event_id == "relay-dl-huge"  # a client's retry is not refused anew
+    finally:
+        ledger.close()
+        outbox.close()
+    values = stats.snapshot()
+    assert (values[RelayStats.PUBLISHED], values[RelayStats.DEAD_LETTERED]) == (2, 1)
+    metrics = FeedbackMetrics()
+    metrics.watch_relay(stats)
+    assert 'flywheel_events_dead_lettered_total{producer="feedback"} 1.0' in render(metrics.registry)[0].decode()
+    decode = events_pb2.FeedbackEvent.FromString
+    events = consume(broker.bootstrap, TOPIC_FEEDBACK, decode, lambda evs: any(e.event_id == names[2] for e in evs))
+    assert [e.event_id for e in events if e.event_id.startswith("relay-dl-")] == [names[0], names[2]]
