@@ -224,7 +224,12 @@ class RewardSection(BaseModel):
     lora_rank: int = Field(16, description="LoRA rank of the reward model (0: full fine-tune).")
     lora_layers: int = Field(8, description="LoRA on the top N transformer layers only (0: all); cuts backward time.")
     learning_rate: float = Field(2e-4, description="AdamW learning rate.")
-    epochs: float = Field(2.0, description="Passes over the training pairs of a fresh reward model.")
+    epochs: float = Field(
+        1.0, description="Passes over the training pairs of a fresh reward model (2 overfit 1,000 HH pairs: README)."
+    )
+    min_steps: int = Field(
+        12, ge=0, description="...but at least this many optimiser steps (a few dozen live pairs give 6 an epoch)."
+    )
     continue_training: bool = Field(
         True, description="Train the current reward model further on the pairs new since it, not a fresh one on all."
     )

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flywheel.settings import TrainerSettings
+from flywheel.settings import RewardSection, TrainerSettings
 from flywheel.store import Manifest, ModelStore
 from flywheel.v1 import events_pb2
 from trainer.dataset import DatasetStore
@@ -290,6 +290,11 @@ class RewardUpdate:
     summary: dict[str, float] = field(default_factory=dict)
 
 
+def fresh_epochs(config: RewardSection, pairs: int) -> float:
+    """Epochs of a fresh reward model: `epochs`, or more when that would be under `min_steps` steps."""
+    return max(config.epochs, config.min_steps * config.batch_size / max(pairs, 1))
+
+
 def update_reward_model(ctx: RoundContext, pairs: PairSet, round_id: int) -> RewardUpdate:
     """Train the round's reward model and gate it; the predecessor stays in use when it is refused.
 
@@ -311,7 +316,7 @@ def update_reward_model(ctx: RoundContext, pairs: PairSet, round_id: int) -> Rew
     training = train_reward_model(
         ctx.base_model, chosen, config, settings.work_dir / f"round-{round_id}" / "reward", settings.seed,
         _step_logger("reward model"), start_from=ctx.reward_models.path(previous[0]) if continuing else None,
-        epochs=config.continue_epochs if continuing else config.epochs,
+        epochs=config.continue_epochs if continuing else fresh_epochs(config, len(chosen)),
     )  # fmt: skip
     correct = training.reward_model.correct(pairs.heldout)
     accuracy = sum(correct) / len(correct) if correct else float("nan")

@@ -96,3 +96,12 @@ def test_policy_gate_treats_nan_as_failure():
     nan = float("nan")
     assert len(policy_gate(PolicyMeasure((nan, nan, nan, nan), nan, nan), PARENT, REFERENCE, GATES)) == 3
     assert len(policy_gate(PolicyMeasure((), nan, nan), PolicyMeasure((), 1, 28), REFERENCE, GATES)) == 3
+
+
+def test_a_fresh_reward_model_takes_its_epochs_or_at_least_its_minimum_of_steps():
+    from trainer.round import fresh_epochs
+
+    config = RewardSection(epochs=1.0, min_steps=12, batch_size=8)
+    assert fresh_epochs(config, 1000) == 1.0  # 125 steps
+    assert fresh_epochs(config, 48) == 2.0  # one epoch would be 6 steps
+    assert fresh_epochs(RewardSection(epochs=1.0, min_steps=0), 10) == 1.0
