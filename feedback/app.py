@@ -14,13 +14,13 @@ from fastapi.responses import JSONResponse
 
 from feedback.api import routes
 from feedback.grpc_server import FeedbackServicer, start_grpc_server
-from feedback.limits import RateLimiter
 from feedback.metrics import FeedbackMetrics
 from feedback.outbox import Outbox
 from feedback.relay import RelayProcess
 from feedback.service import FeedbackRejected, FeedbackService
 from flywheel.errors import error_body, register_error_handlers, validation_error_response
 from flywheel.http import RequestGuard
+from flywheel.limits import RateLimiter
 from flywheel.metrics import render
 from flywheel.settings import FeedbackSettings
 from flywheel.tokens import FeedbackToken

@@ -13,12 +13,12 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 
-from feedback.limits import RateLimiter
 from feedback.metrics import FeedbackMetrics
 from feedback.outbox import Appended, Outbox, OutboxFull, OutboxRecord
 from feedback.protocol import ComparisonCreate, FeedbackCreate, PreferencePair
 from flywheel.events import SCHEMA_VERSION, new_event_id, timestamp_now
 from flywheel.hh import MalformedDialogue, split_pair
+from flywheel.limits import RateLimiter
 from flywheel.settings import FeedbackSettings
 from flywheel.tokens import ExpiredFeedbackToken, FeedbackToken, InvalidFeedbackToken, TokenClaims
 from flywheel.v1 import events_pb2

@@ -67,7 +67,10 @@ class CommonSettings(BaseSettings):
         "",
         description="Comma-separated 'key:user_id' pairs; a Bearer key maps to its user id.",
     )
-    allow_anonymous: bool = Field(True, description="Serve requests without a known API key under an anonymous id.")
+    allow_anonymous: bool | None = Field(
+        None,
+        description="Serve requests without a known API key under an anonymous id (default: only with env=local).",
+    )
     admin_key: SecretStr = Field(
         SecretStr(PLACEHOLDER_SECRET), description="Bearer key for admin routes and the control plane."
     )
@@ -80,6 +83,12 @@ class CommonSettings(BaseSettings):
     feedback_token_ttl_s: float = Field(
         7 * 86_400, ge=0, description="How long after its answer a feedback token is accepted, seconds (0: forever)."
     )
+
+    @model_validator(mode="after")
+    def _anonymous_only_locally_by_default(self) -> CommonSettings:
+        if self.allow_anonymous is None:
+            self.allow_anonymous = self.env == "local"
+        return self
 
     @model_validator(mode="after")
     def _check_placeholder_secrets(self) -> CommonSettings:
@@ -136,6 +145,15 @@ class ServingSettings(CommonSettings):
     max_top_logprobs: int = Field(20, description="Largest top_logprobs a request may ask for.")
     max_body_bytes: int = Field(1_000_000, description="Largest request body accepted.")
     max_messages: int = Field(256, description="Most messages one request may carry.")
+    max_queued_requests: int = Field(
+        64, ge=1, description="Chat requests in the engine at once (running and queued); more get 503 + Retry-After."
+    )
+    chat_rate_limit_per_s: float = Field(10.0, gt=0, description="Sustained chat requests per user per second.")
+    chat_rate_limit_burst: int = Field(100, ge=1, description="Chat requests a user may send in one burst.")
+    chat_tokens_per_s: float = Field(
+        2_000.0, gt=0, description="Sustained tokens (max_tokens x n asked for) per user per second."
+    )
+    chat_tokens_burst: int = Field(50_000, ge=1, description="Tokens a user may ask for in one burst.")
     enforce_eager: bool = Field(True, description="Skip torch.compile (CPU LoRA needs eager).")
     enable_lora: bool = True
     max_loras: int = 4

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 import uuid
@@ -24,6 +25,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 
 from flywheel.errors import APIError
 from flywheel.events import SCHEMA_VERSION, new_event_id, timestamp_now
+from flywheel.limits import RateLimiter
 from flywheel.publisher import BufferedPublisher
 from flywheel.settings import ServingSettings
 from flywheel.tokens import FeedbackToken
@@ -99,6 +101,8 @@ class ChatService:
         self.engine = engine
         self.tokenizer = tokenizer
         self.settings = settings
+        self.request_limiter = RateLimiter(settings.chat_rate_limit_per_s, settings.chat_rate_limit_burst)
+        self.token_limiter = RateLimiter(settings.chat_tokens_per_s, settings.chat_tokens_burst)
         self.router = router
         self.tokens = tokens
         self.publisher = publisher
@@ -144,6 +148,18 @@ class ChatService:
             if request.top_logprobs > s.max_top_logprobs:
                 raise APIError(400, f"top_logprobs must be at most {s.max_top_logprobs}", param="top_logprobs")
 
+    def _admit(self, user_id: str, tokens: int) -> None:
+        """Bound what one client can queue: the engine's queue (503), each user's requests and tokens (429)."""
+        s = self.settings
+        if sum(self.router.in_flight.values()) >= s.max_queued_requests:
+            raise APIError(503, f"the engine has {s.max_queued_requests} requests in hand; retry shortly",
+                           type_="service_unavailable", code="overloaded", headers={"Retry-After": "1"})  # fmt: skip
+        for limiter, cost, what in ((self.request_limiter, 1, "chat requests"), (self.token_limiter, tokens, "tokens")):
+            wait = limiter.allow(user_id, min(cost, limiter.burst))
+            if wait:
+                raise APIError(429, f"too many {what} from this user; retry in {wait:.1f} s", type_="rate_limit_error",
+                               code="rate_limited", headers={"Retry-After": str(max(1, math.ceil(wait)))})  # fmt: skip
+
     def prepare(self, request: ChatCompletionRequest, user_id: str, stream: bool) -> _Prepared:
         self._check_limits(request)
         try:
@@ -170,6 +186,7 @@ class ChatService:
             )
         if max_tokens is None:
             max_tokens = min(self.settings.default_max_tokens, room)
+        self._admit(user_id, max_tokens * request.n)
         sampling = SamplingParams(
             n=1 if choice_policies else request.n,  # compare mode: one engine request per choice
             temperature=request.temperature,

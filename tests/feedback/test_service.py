@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from feedback.limits import RateLimiter
 from feedback.metrics import FeedbackMetrics
 from feedback.outbox import Outbox, OutboxLedger
 from feedback.protocol import FeedbackCreate
 from feedback.service import FeedbackService
+from flywheel.limits import RateLimiter
 from flywheel.settings import FeedbackSettings
 from flywheel.tokens import FeedbackToken
 from flywheel.v1 import events_pb2

@@ -89,3 +89,11 @@ def test_an_anonymous_key_and_an_address_never_give_the_same_id():
     assert by_address.startswith("anon-ip-") and by_key.startswith("anon-key-")
     assert by_address.removeprefix("anon-ip-") == by_key.removeprefix("anon-key-")  # same hash, told apart
     assert by_key == resolve_user("Bearer 10.0.0.7", {}, allow_anonymous=True, anonymous_hint="10.0.0.8")
+
+
+def test_anonymous_access_is_on_locally_and_off_in_production_unless_enabled(monkeypatch):
+    monkeypatch.setenv("FLYWHEEL_FEEDBACK_TOKEN_SECRET", "a-real-secret")
+    monkeypatch.setenv("FLYWHEEL_ADMIN_KEY", "a-real-admin-key")
+    assert ServingSettings(env="local").allow_anonymous is True
+    assert ServingSettings(env="production").allow_anonymous is False
+    assert FeedbackSettings(env="production", allow_anonymous=True).allow_anonymous is True

@@ -1,4 +1,4 @@
-"""Per-user rate limiting: a token bucket per user id, in memory (one process)."""
+"""Per-user rate limiting: a token bucket per user id, in memory (one process); feedback and chat use it."""
 
 from __future__ import annotations
 
