@@ -51,9 +51,12 @@ class RelayStats:
         with self.values.get_lock():
             self.values[self.LATENCY_SUM] += seconds
             self.values[self.LATENCY_COUNT] += 1
+            # One bucket per observation (the smallest that holds it); collect() makes them cumulative.
+            # Counting it in every bucket above as well, and summing again there, gave _count 15 per event.
             for i, bound in enumerate((*self.BUCKETS, float("inf"))):
                 if seconds <= bound:
                     self.values[self.BUCKETS_AT + i] += 1
+                    break
 
     def snapshot(self) -> list[float]:
         with self.values.get_lock():

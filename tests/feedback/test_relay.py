@@ -44,3 +44,22 @@ def test_an_event_the_broker_can_never_take_is_dead_lettered_and_the_rest_are_pu
     decode = events_pb2.FeedbackEvent.FromString
     events = consume(broker.bootstrap, TOPIC_FEEDBACK, decode, lambda evs: any(e.event_id == names[2] for e in evs))
     assert [e.event_id for e in events if e.event_id.startswith("relay-dl-")] == [names[0], names[2]]
+
+
+def test_the_publish_latency_histogram_counts_each_batch_once():
+    """Each observation was counted in every bucket above it and summed again at scrape: _count 15 after one."""
+    from prometheus_client import generate_latest
+
+    from feedback.metrics import FeedbackMetrics
+    from feedback.relay import RelayStats
+
+    stats, metrics = RelayStats(), FeedbackMetrics()
+    metrics.watch_relay(stats)
+    stats.observe_latency(0.003)
+    stats.observe_latency(2.0)
+    text = generate_latest(metrics.registry).decode()
+    assert "flywheel_feedback_publish_latency_seconds_count 2.0" in text
+    assert 'flywheel_feedback_publish_latency_seconds_bucket{le="+Inf"} 2.0' in text
+    buckets = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("flywheel_feedback_publish_latency_seconds_bucket")]  # fmt: skip
+    assert buckets == sorted(buckets) and buckets[0] <= 1.0 and 1.0 in buckets  # cumulative, one step per event
