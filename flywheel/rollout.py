@@ -213,15 +213,32 @@ class PolicyLog:
     broker that restarted and lost its log; `fold` ignores what it has already seen.
     """
 
-    def __init__(self, bootstrap: str, on_event: Callable[[events_pb2.PolicyEvent], None], name: str) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        on_event: Callable[[events_pb2.PolicyEvent], None],
+        name: str,
+        on_skip: Callable[[], None] | None = None,
+    ) -> None:
         self.bootstrap = bootstrap
         self.on_event = on_event
+        self.on_skip = on_skip or (lambda: None)
         self.name = name
         self._stop = threading.Event()
         self._caught_up = threading.Event()
         self._thread: threading.Thread | None = None
         self._producer = None
         self._producer_lock = threading.Lock()
+        self.skipped = 0  # records it could not use (malformed, or their handling failed)
+        self.failures = 0  # failures of the read loop in a row (not the broker being away)
+
+    def health(self) -> str:
+        """'' while the reader runs; else what is wrong (a dead reader would leave a replica deaf for good)."""
+        if self._thread is not None and not self._thread.is_alive() and not self._stop.is_set():
+            return "the policy topic reader has stopped"
+        if self.failures >= 3:
+            return f"the policy topic reader failed {self.failures} times in a row"
+        return ""
 
     def start(self) -> PolicyLog:
         self._thread = threading.Thread(target=self._run, name=f"policy-log-{self.name}", daemon=True)
@@ -272,12 +289,20 @@ class PolicyLog:
                     self._deliver(record.value)
                 if not records:
                     self._caught_up.set()
+                self.failures = 0
             except KafkaError as exc:
                 log.warning("policy topic unreachable (%s); retrying", exc)
                 if consumer is not None:
                     consumer.close()
                 consumer = None
                 self._stop.wait(2.0)
+            except Exception:  # a bug must not end the loop: the replica would never hear of a version again
+                self.failures += 1
+                log.exception("the policy topic reader failed (%d in a row); reading again", self.failures)
+                if consumer is not None:
+                    consumer.close()
+                consumer = None
+                self._stop.wait(min(30.0, 2.0**self.failures))
         if consumer is not None:
             consumer.close()
 
@@ -300,11 +325,17 @@ class PolicyLog:
         try:
             event = events_pb2.PolicyEvent.FromString(payload or b"")
         except Exception as exc:
+            self.skipped += 1
+            self.on_skip()
             log.warning("skipping a malformed record on %s: %s", TOPIC_POLICY, exc)
             return
         if event.WhichOneof("kind") is None:
+            self.skipped += 1
+            self.on_skip()
             return
         try:
             self.on_event(event)
         except Exception:
-            log.exception("handling a policy event failed")
+            self.skipped += 1
+            self.on_skip()
+            log.exception("handling a policy event failed; skipped")

@@ -70,6 +70,11 @@ class ServingMetrics:
             ["producer"],
             registry=r,
         )
+        self.policy_records_skipped = Counter(
+            "flywheel_serving_policy_records_skipped",
+            "Records on the policy topic this replica could not use (malformed, or handling them failed).",
+            registry=r,
+        )
         self.swap_seconds = Histogram(
             "flywheel_serving_policy_swap_seconds",
             "Time from a PolicyPublished event to the version being live (verify, load, warm up).",

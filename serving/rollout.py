@@ -78,7 +78,8 @@ class PolicyReceiver:
         async with self._lock:
             await self._converge()
         if follow:
-            self.log = PolicyLog(self.settings.kafka_bootstrap, self._from_thread, self.replica_id).start()
+            self.log = PolicyLog(self.settings.kafka_bootstrap, self._from_thread, self.replica_id,
+                                 on_skip=self.metrics.policy_records_skipped.inc).start()  # fmt: skip
             # Ready only once the topic's history is folded in: a restarted replica comes back on
             # the versions the others serve (bounded: a broker that is down does not block start-up).
             if not await asyncio.to_thread(self.log.wait_caught_up, CATCH_UP_S):

@@ -15,6 +15,10 @@ async def healthz(request: Request) -> JSONResponse:
     engine = getattr(request.app.state, "engine", None)
     if engine is not None and engine.errored:
         return JSONResponse({"status": "engine dead"}, status_code=503)
+    receiver = getattr(request.app.state, "receiver", None)
+    problem = receiver.log.health() if receiver is not None and receiver.log is not None else ""
+    if problem:
+        return JSONResponse({"status": "unhealthy", "reason": problem}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 from flywheel.events import SCHEMA_VERSION
@@ -88,3 +89,43 @@ def test_snapshot_round_trips_and_a_missing_or_broken_one_gives_the_default(tmp_
     assert read_snapshot(tmp_path, 0.5) == state
     (tmp_path / "rollout.json").write_text("{not json", encoding="utf-8")
     assert read_snapshot(tmp_path, 0.5) == RolloutState(canary_fraction=0.5)
+
+
+def test_the_policy_reader_skips_and_counts_what_it_cannot_use_and_survives_a_failing_loop(monkeypatch):
+    """A reader thread that died left a replica deaf to every later version, with /healthz still ok."""
+    import threading
+
+    from flywheel.rollout import PolicyLog
+
+    handled, skipped = [], []
+
+    def on_event(event):
+        if event.decision.reason == "boom":
+            raise RuntimeError("a handler bug")
+        handled.append(event)
+
+    reader = PolicyLog("127.0.0.1:1", on_event, "test", on_skip=lambda: skipped.append(1))
+    good = events_pb2.PolicyEvent(decision=events_pb2.RolloutDecision(reason="fine"))
+    bad = events_pb2.PolicyEvent(decision=events_pb2.RolloutDecision(reason="boom"))
+    for payload in (b"\xff not protobuf", events_pb2.PolicyEvent().SerializeToString(), bad.SerializeToString(),
+                    good.SerializeToString()):  # fmt: skip
+        reader._deliver(payload)
+    assert [e.decision.reason for e in handled] == ["fine"] and len(skipped) == reader.skipped == 3
+
+    connects = []
+
+    def connect():
+        connects.append(1)
+        raise ValueError("not a Kafka error")  # escaped the KafkaError handler and ended the thread
+
+    monkeypatch.setattr(reader, "_connect", connect)
+    monkeypatch.setattr(reader._stop, "wait", lambda seconds: reader._stop.is_set())  # no back-off in a test
+    thread = threading.Thread(target=reader._run, daemon=True)
+    reader._thread = thread
+    thread.start()
+    deadline = time.monotonic() + 10
+    while len(connects) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert thread.is_alive() and "failed" in reader.health()
+    reader._stop.set()
+    thread.join(5)
