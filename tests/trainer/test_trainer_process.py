@@ -183,20 +183,26 @@ def test_a_broker_that_restarts_empty_is_read_again_from_its_start(own_broker, t
         trainer.stop()
 
 
-def test_a_broker_restarted_between_two_polls_is_read_from_its_start(own_broker, tmp_path):
-    """The restart falls between two fetches and the new log is already longer than the old
-    position: a fetch from that position would hand over the new log's tail, unnoticed."""
+def caught_up_then_broker_restarted(broker, tmp_path):
+    """An in-process ingestor that has stored 20 records, then the local broker restarted with no log."""
     from trainer.dataset import DatasetStore
     from trainer.ingest import Ingestor
     from trainer.metrics import TrainerMetrics
 
-    produce(own_broker.bootstrap, traffic(10, seed=1))
-    store = DatasetStore(tmp_path / "dataset.sqlite")
-    ingestor = Ingestor.connect(own_broker.bootstrap, store, TrainerMetrics())
+    produce(broker.bootstrap, traffic(10, seed=1))
+    ingestor = Ingestor.connect(broker.bootstrap, DatasetStore(tmp_path / "dataset.sqlite"), TrainerMetrics())
+    assert ingestor.catch_up(settle_s=2, timeout_s=60).stored == 20
+    broker.kill()  # the local broker forgets every log
+    broker.start()
+    return ingestor
+
+
+def test_a_broker_restarted_between_two_polls_is_read_from_its_start(own_broker, tmp_path):
+    """The restart falls between two fetches and the new log is already longer than the old
+    position: a fetch from that position would hand over the new log's tail, unnoticed."""
+    ingestor = caught_up_then_broker_restarted(own_broker, tmp_path)
+    store = ingestor.store
     try:
-        assert ingestor.catch_up(settle_s=2, timeout_s=60).stored == 20
-        own_broker.kill()  # the local broker forgets every log
-        own_broker.start()
         produce(own_broker.bootstrap, traffic(150, seed=2))  # all of it before the next poll
         deadline = time.monotonic() + 60  # noticing the new log and its new partitions takes seconds
         while ingestor.total.stored < 320 and time.monotonic() < deadline:
@@ -213,19 +219,11 @@ def test_a_broker_that_restarts_empty_is_noticed_once_not_at_every_recheck(own_b
     "is a new log" logged (and the topic re-read) every 15 s for as long as the trainer ran."""
     import trainer.ingest as ingest_module
     from flywheel.kafka import create_topics
-    from trainer.dataset import DatasetStore
-    from trainer.ingest import Ingestor
-    from trainer.metrics import TrainerMetrics
 
     monkeypatch.setattr(ingest_module, "RECHECK_S", 1.0)
     monkeypatch.setattr(ingest_module, "CHECK_WAIT_S", 1.0)
-    produce(own_broker.bootstrap, traffic(10, seed=1))
-    store = DatasetStore(tmp_path / "dataset.sqlite")
-    ingestor = Ingestor.connect(own_broker.bootstrap, store, TrainerMetrics())
+    ingestor = caught_up_then_broker_restarted(own_broker, tmp_path)
     try:
-        assert ingestor.catch_up(settle_s=2, timeout_s=60).stored == 20
-        own_broker.kill()  # the local broker forgets every log
-        own_broker.start()
         create_topics(own_broker.bootstrap)  # as serving and feedback do when they start: empty logs
         caplog.clear()
         deadline = time.monotonic() + 10  # ten rechecks
