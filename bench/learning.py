@@ -333,6 +333,7 @@ def main() -> int:
 
     stop_on_signals()  # SIGTERM midway still stops the stack (`finally` in run_one)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the probe's requests, every 5 s
     Path(args.models_dir).mkdir(parents=True, exist_ok=True)
     results = []
     for preference in args.preference or ["concise"]:
