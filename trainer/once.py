@@ -44,6 +44,7 @@ def remote_round(address: str, settings: TrainerSettings, reward_only: bool) -> 
     import grpc
 
     from flywheel.v1 import trainer_pb2, trainer_pb2_grpc
+    from trainer.round import RoundResult
 
     metadata = [("authorization", f"Bearer {settings.admin_key.get_secret_value()}")]
     with grpc.insecure_channel(address) as channel:
@@ -54,11 +55,7 @@ def remote_round(address: str, settings: TrainerSettings, reward_only: bool) -> 
         except grpc.RpcError as exc:
             raise RuntimeError(f"the trainer at {address} holds the dataset but did not run the round: "
                                f"{exc.details()}") from None  # fmt: skip
-    result = response.result
-    return {
-        "round": result.round,
-        "outcome": result.outcome,
-        "reason": result.reason,
-        "version": result.version,
-        "metrics": dict(result.metrics),
-    }
+    summary = response.result  # the same fields, so both ways print the same JSON
+    return dataclasses.asdict(
+        RoundResult(summary.round, summary.outcome, summary.reason, summary.version, dict(summary.metrics))
+    )

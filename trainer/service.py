@@ -167,8 +167,7 @@ class TrainerService:
         with self._lock:
             if self._round_running:
                 return False, "a round is running; try again when it ends"
-            self._requests.append((reward_only, Future()))
-        self._wake.set()
+        self.request_round(reward_only)
         return True, "round requested" + (" (reward model only)" if reward_only else "")
 
     def request_round(self, reward_only: bool = False) -> Future[RoundResult]:
