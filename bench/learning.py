@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 log = logging.getLogger("bench.learning")
 PROBE_S = 5.0
-PHASES = ("collect", "reward_model", "ppo", "evaluate", "publish")
+PHASES = ("collect", "reward_model", "ppo", "dpo", "evaluate", "publish")  # ppo or dpo: `algorithm`
 
 
 def free_port() -> int:
@@ -57,10 +57,21 @@ def parse_duration(text: str) -> float:
     return float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[match[2]]
 
 
+def setting_env(assignments: list[str] | None) -> dict[str, str]:
+    """`--set algorithm=dpo --set dpo.beta=0.2` as the variables the services read (FLYWHEEL_DPO__BETA)."""
+    env = {}
+    for item in assignments or []:
+        name, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[a-z_]+(\.[a-z_]+)?", name):
+            raise SystemExit(f"learning: --set takes NAME=VALUE or SECTION.NAME=VALUE, got {item!r}")
+        env["FLYWHEEL_" + name.upper().replace(".", "__")] = value
+    return env
+
+
 class Stack:
     """`flywheel up` in its own process group; `stop` ends the whole group (vLLM's engine included)."""
 
-    def __init__(self, data_dir: Path, model: str, log_path: Path) -> None:
+    def __init__(self, data_dir: Path, model: str, log_path: Path, settings: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir.resolve()
         self.ports = {name: free_port() for name in ("serving", "broker", "serving-grpc", "feedback",
                                                       "feedback-grpc", "trainer", "trainer-grpc")}  # fmt: skip
@@ -69,8 +80,9 @@ class Stack:
         if model:
             args += ["--model", model]
         self.log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in stop()
+        env = {**os.environ, "TERM": "dumb", **(settings or {})}
         self.process = subprocess.Popen(args, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
-                                        start_new_session=True, env={**os.environ, "TERM": "dumb"})  # fmt: skip
+                                        start_new_session=True, env=env)  # fmt: skip
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
@@ -273,7 +285,7 @@ def run_one(preference: str, args: argparse.Namespace, out_dir: Path) -> dict:
     data_dir = Path(tempfile.mkdtemp(prefix=f"flywheel-learning-{slug}-"))
     if args.models_dir:  # the converted default model, shared between runs instead of converted again
         (data_dir / "models").symlink_to(Path(args.models_dir).resolve(), target_is_directory=True)
-    stack = Stack(data_dir, args.model, run_dir / "stack.log")
+    stack = Stack(data_dir, args.model, run_dir / "stack.log", setting_env(args.set))
     samples: list[dict] = []
     try:
         stack.wait_ready()
@@ -326,9 +338,12 @@ def main() -> int:
                         help="where the converted default model is kept (shared by the runs)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results" / "learning")
+    parser.add_argument("--set", action="append", metavar="NAME=VALUE",
+                        help="a setting for the stack, e.g. algorithm=dpo or dpo.beta=0.2 (repeatable)")
     parser.add_argument("--keep-data", action="store_true", help="keep each run's data dir (printed in the log)")
     args = parser.parse_args()
     parse_duration(args.duration)
+    setting_env(args.set)
     from bench.cleanup import stop_on_signals
 
     stop_on_signals()  # SIGTERM midway still stops the stack (`finally` in run_one)
@@ -340,7 +355,8 @@ def main() -> int:
         results.append(run_one(preference, args, args.out_dir))
         log.info("%s: %s", preference, json.dumps(results[-1]["first_clearly_better"]))
     summary = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "duration": args.duration,
-               "seed": args.seed, "model": args.model or "default", "results": results}  # fmt: skip
+               "seed": args.seed, "model": args.model or "default", "settings": args.set or [],
+               "results": results}  # fmt: skip
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "learning.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(summary, indent=2))

@@ -289,6 +289,21 @@ class PPOSection(BaseModel):
     logprob_tolerance: float = Field(0.15, description="Largest mean |rollout - training| logprob gap accepted.")
 
 
+class DPOSection(BaseModel):
+    """DPO (TRL 1.12 DPOTrainer) on the pairs: policy = parent version + LoRA, reference = the parent."""
+
+    beta: float = Field(0.1, gt=0, description="β: how far from the reference the pairs may pull the policy.")
+    learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate, constant (policy LoRA).")
+    epochs: float = Field(2.0, gt=0, description="Passes over the round's pairs.")
+    min_steps: int = Field(12, ge=1, description="...but at least this many optimiser steps.")
+    batch_size: int = Field(8, ge=1, description="Pairs per optimiser step.")
+    max_length: int = Field(448, ge=16, description="Tokens of prompt + answer; longer ones lose their end.")
+    replay_ratio: float = Field(
+        1.0, ge=0.0, description="When the start policy was trained by DPO: older pairs replayed per new pair."
+    )
+    max_pairs: int = Field(1024, ge=1, description="Most pairs one round trains on (the newest).")
+
+
 class GateSection(BaseModel):
     """What a round must show before its policy is published."""
 
@@ -333,7 +348,11 @@ class TrainerSettings(CommonSettings):
     seed: int = 0
     rounds: RoundTriggerSection = RoundTriggerSection()
     reward: RewardSection = RewardSection()
+    algorithm: Literal["ppo", "dpo"] = Field(
+        "ppo", description="How a round trains the policy: PPO on the reward model, or DPO on the pairs."
+    )
     ppo: PPOSection = PPOSection()
+    dpo: DPOSection = DPOSection()
     gates: GateSection = GateSection()
     rollout: RolloutSection = RolloutSection()
     cors_origins: str = Field(

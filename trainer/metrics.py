@@ -52,7 +52,8 @@ class TrainerMetrics:
             registry=r,
         )  # fmt: skip
         self.ppo = Gauge(
-            "flywheel_trainer_ppo", "Last PPO round: score, kl, beta, entropy, logprob_gap.", ["stat"], registry=r
+            "flywheel_trainer_ppo", "Last policy update (PPO: score, kl, beta...; DPO: dpo_loss...).", ["stat"],
+            registry=r,
         )
         self.eval = Gauge(
             "flywheel_trainer_eval", "Last evaluation on held-out prompts, by policy and stat.", ["policy", "stat"],

@@ -22,6 +22,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from flywheel.settings import PPOSection
 from trainer.pairs import Messages
+from trainer.precision import compute_dtype, use_bf16
 from trainer.reward import RewardModel, load_tokenizer, prompt_ids, quiet
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def load_policy(base_model: str, adapter_dir: Path | None, lora_rank: int, train
     """Base + the parent's adapter (or a fresh one for the first version), as a PeftModel."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.bfloat16)
+    base = AutoModelForCausalLM.from_pretrained(base_model, dtype=compute_dtype())
     if adapter_dir is not None:
         return PeftModel.from_pretrained(base, adapter_dir, is_trainable=trainable)
     config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, target_modules="all-linear", task_type="CAUSAL_LM")
@@ -133,11 +134,14 @@ class _CollectLogs(TrainerCallback):
 
 
 @dataclass
-class PPOResult:
+class PolicyTraining:
+    """A round's trained policy (PPO or DPO) and how its training went."""
+
     policy: torch.nn.Module  # the PeftModel with the trained adapter
     seconds: float
     samples_per_s: float
     metrics: dict[str, float] = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # what the manifest records of it (DPO: trained_through_seq)
 
 
 def run_ppo(
@@ -149,7 +153,7 @@ def run_ppo(
     work_dir: Path,
     seed: int = 0,
     report: Callable[[int, int, dict], None] | None = None,
-) -> PPOResult:
+) -> PolicyTraining:
     """`config.steps` PPO updates of `config.batch_size` rollouts each on `prompts`."""
     import warnings
 
@@ -195,7 +199,7 @@ def run_ppo(
         learning_rate=config.learning_rate,
         lr_scheduler_type="constant",  # a round is a few dozen updates; a linear decay would halve them
         num_sample_generations=0,
-        bf16=True,
+        bf16=use_bf16(),
         use_cpu=True,
         gradient_checkpointing=False,  # TRL turns it on; here memory is plenty and recomputing costs 2x
         logging_steps=1,
@@ -236,4 +240,4 @@ def run_ppo(
     }
     samples = config.steps * batch
     log.info("PPO: %d updates, %d samples in %.0f s; %s", config.steps, samples, seconds, metrics)
-    return PPOResult(trained, seconds, samples / max(seconds, 1e-9), metrics)
+    return PolicyTraining(trained, seconds, samples / max(seconds, 1e-9), metrics)

@@ -18,6 +18,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from flywheel.settings import RewardSection
 from trainer.pairs import Messages, Pair
+from trainer.precision import compute_dtype, use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class RewardModel:
 
 
 def _base_classifier(base_model: str, tokenizer: PreTrainedTokenizerBase) -> torch.nn.Module:
-    model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1, dtype=torch.bfloat16)
+    model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1, dtype=compute_dtype())
     model.config.pad_token_id = tokenizer.pad_token_id
     return model
 
@@ -103,7 +104,7 @@ def load_reward_model(base_model: str, adapter_dir: Path, max_length: int) -> Re
 
     tokenizer = load_tokenizer(base_model)
     if not (adapter_dir / "adapter_config.json").exists():
-        model = AutoModelForSequenceClassification.from_pretrained(adapter_dir, dtype=torch.bfloat16)
+        model = AutoModelForSequenceClassification.from_pretrained(adapter_dir, dtype=compute_dtype())
         return RewardModel(model.eval(), tokenizer, max_length)
     model = PeftModel.from_pretrained(_base_classifier(base_model, tokenizer), adapter_dir)
     return RewardModel(model.merge_and_unload().eval(), tokenizer, max_length)
@@ -123,7 +124,7 @@ def quiet(trainer) -> None:
     trainer.remove_callback(ProgressCallback)
 
 
-class _Progress(TrainerCallback):
+class Progress(TrainerCallback):
     def __init__(self, report: Callable[[int, int, dict], None]) -> None:
         self.report = report
 
@@ -150,7 +151,7 @@ def train_reward_model(
     start_from: Path | None = None,
     epochs: float | None = None,
 ) -> RewardTraining:
-    """Bradley-Terry training of a LoRA reward model on `pairs` (TRL RewardTrainer, bf16).
+    """Bradley-Terry training of a LoRA reward model on `pairs` (TRL RewardTrainer; precision: trainer/precision.py).
 
     A fresh adapter, or the saved one in `start_from` trained further (its head included).
     """
@@ -172,7 +173,7 @@ def train_reward_model(
     if start_from is not None and (start_from / "adapter_config.json").exists():
         model = PeftModel.from_pretrained(model, start_from, is_trainable=True)
     elif start_from is not None:  # a fully fine-tuned reward model (lora_rank 0)
-        model = AutoModelForSequenceClassification.from_pretrained(start_from, dtype=torch.bfloat16)
+        model = AutoModelForSequenceClassification.from_pretrained(start_from, dtype=compute_dtype())
     elif config.lora_rank > 0:
         layers = model.config.num_hidden_layers
         top = range(max(0, layers - config.lora_layers), layers) if config.lora_layers else range(layers)
@@ -191,7 +192,7 @@ def train_reward_model(
         learning_rate=config.learning_rate,
         lr_scheduler_type="linear",
         warmup_steps=max(1, int(0.05 * epochs * len(rows) / config.batch_size)),
-        bf16=True,
+        bf16=use_bf16(),
         use_cpu=True,
         gradient_checkpointing=False,  # TRL turns it on; here memory is plenty and recomputing costs 2x
         max_length=None,  # rows are truncated (from the left) already; TRL would drop long ones
@@ -203,7 +204,7 @@ def train_reward_model(
         seed=seed,
         dataloader_num_workers=0,
     )
-    callbacks = [_Progress(report)] if report else None
+    callbacks = [Progress(report)] if report else None
     started = time.monotonic()
     trainer = RewardTrainer(
         model=model,

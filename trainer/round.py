@@ -21,6 +21,7 @@ from flywheel.settings import RewardSection, TrainerSettings
 from flywheel.store import Manifest, ModelStore
 from flywheel.v1 import events_pb2
 from trainer.dataset import DatasetStore
+from trainer.dpo import run_dpo
 from trainer.evaluate import (
     guard_gate,
     measure_policy,
@@ -31,7 +32,7 @@ from trainer.evaluate import (
 )  # fmt: skip
 from trainer.metrics import TrainerMetrics
 from trainer.pairs import HeldOut, Messages, PairSet, build_pairs, continuation_pairs
-from trainer.ppo import encode_prompts, load_policy, run_ppo
+from trainer.ppo import PolicyTraining, encode_prompts, load_policy, run_ppo
 from trainer.reward import RewardModel, load_reward_model, load_tokenizer, prompt_ids, train_reward_model
 
 log = logging.getLogger(__name__)
@@ -216,14 +217,12 @@ def run_round(ctx: RoundContext, reward_only: bool = False) -> RoundResult:
         candidate = current_candidate(ctx, parent_version)  # an earlier round's policy, ahead but not clearly
         start = candidates(ctx).path(candidate.version) if candidate else parent_adapter
         summary["candidate_rounds"] = 1 + (candidate.extra.get("rounds", 0) if candidate else 0)
-        with phases.phase("ppo"):
-            ppo = run_ppo(
-                ctx.base_model, start, reward, train_prompts, settings.ppo,
-                settings.work_dir / f"round-{round_id}" / "ppo", settings.seed, _step_logger("ppo"),
-            )  # fmt: skip
-        summary.update(ppo.metrics, ppo_samples_per_s=ppo.samples_per_s)
-        for stat in ("score_last", "kl", "beta", "entropy", "logprob_gap"):
-            m.ppo.labels(stat).set(ppo.metrics[f"ppo_{stat}"])
+        start_manifest = candidate or (ctx.policies.manifest(parent_version) if parent_adapter else None)
+        with phases.phase(settings.algorithm):
+            ppo = train_policy(ctx, start, start_manifest, reward, train_prompts, pairs.train, round_id)
+        summary.update(ppo.metrics, **{f"{settings.algorithm}_samples_per_s": ppo.samples_per_s})
+        for name, value in ppo.metrics.items():
+            m.ppo.labels(name.removeprefix("ppo_")).set(value)
 
         # evaluate: the new policy against its parent and the reference on held-out prompts
         with phases.phase("evaluate"):
@@ -255,7 +254,7 @@ def run_round(ctx: RoundContext, reward_only: bool = False) -> RoundResult:
         if reasons:
             # Within the guards and ahead of its parent but not yet clearly: the next round goes on from it.
             keep = gain > 0 and not guard_gate(new, reference, settings.gates)
-            keep_candidate(ctx, ppo.policy if keep else None, parent_version, round_id, summary)
+            keep_candidate(ctx, ppo.policy if keep else None, parent_version, round_id, summary, ppo.extra)
             return finish("gate_failed", "; ".join(reasons))
 
         # publish: adapter + manifest into the store (one rename), then announce it on Kafka
@@ -264,7 +263,7 @@ def run_round(ctx: RoundContext, reward_only: bool = False) -> RoundResult:
             oldest = store.oldest_feedback_time(store.last_round_seq(("published",)), watermark)
             manifest = ctx.policies.publish(
                 version, ppo.policy.save_pretrained, parent=parent_version, base_model=ctx.base_model,
-                kind="lora", metrics=summary, extra={"round": round_id, "reward_model": reward_version},
+                kind="lora", metrics=summary, extra={"round": round_id, "reward_model": reward_version, **ppo.extra},
             )  # fmt: skip
             if oldest is not None:
                 latency = manifest.created_at - oldest
@@ -275,6 +274,8 @@ def run_round(ctx: RoundContext, reward_only: bool = False) -> RoundResult:
         m.published.info({"version": version, "parent": parent_version})
         m.published_total.inc()
         return finish("published", version=version)
+    except NoNewPairs as exc:
+        return finish("skipped", str(exc))
     except Exception as exc:  # a round that breaks must not take the trainer down with it
         log.exception("round %d failed", round_id)
         return finish("failed", f"{type(exc).__name__}: {exc}")
@@ -382,19 +383,49 @@ def current_candidate(ctx: RoundContext, parent_version: str) -> Manifest | None
     return manifest
 
 
-def keep_candidate(ctx: RoundContext, policy, parent_version: str, round_id: int, summary: dict) -> None:
+def keep_candidate(
+    ctx: RoundContext, policy, parent_version: str, round_id: int, summary: dict, extra: dict | None = None
+) -> None:  # fmt: skip
     """Keep a refused round's policy for the next round to continue (None: keep none); older ones go."""
     store, rounds = candidates(ctx), int(summary.get("candidate_rounds", 1))
     name = ""
     if policy is not None:
         name = f"candidate-{round_id:04d}-{secrets.token_hex(2)}"
         store.publish(name, policy.save_pretrained, parent=parent_version, base_model=ctx.base_model, kind="lora",
-                      extra={"rounds": rounds, "round": round_id})  # fmt: skip
+                      extra={"rounds": rounds, "round": round_id, **(extra or {})})  # fmt: skip
         log.info("kept %s: the next round continues from it (%d rounds from %s)", name, rounds, parent_version)
     ctx.dataset.set_state(CANDIDATE_KEY, name)
     for old in store.versions():
         if old.version != name:
             shutil.rmtree(store.path(old.version), ignore_errors=True)
+
+
+def train_policy(
+    ctx: RoundContext, start: Path | None, start_manifest: Manifest | None, reward: RewardModel,
+    prompts: list, train_pairs: list, round_id: int,
+) -> PolicyTraining:  # fmt: skip
+    """The round's policy update: PPO on the reward model's scores, or DPO on the pairs (`algorithm`).
+
+    DPO continuing a DPO-trained policy trains on the pairs new since it (with older ones replayed),
+    as the reward model does; from a fresh adapter or a PPO-trained one, on every pair.
+    """
+    settings = ctx.settings
+    work = settings.work_dir / f"round-{round_id}" / settings.algorithm
+    if settings.algorithm == "ppo":
+        return run_ppo(ctx.base_model, start, reward, prompts, settings.ppo, work, settings.seed, _step_logger("ppo"))
+    config = settings.dpo
+    since = int(start_manifest.extra.get("trained_through_seq", -1)) if start and start_manifest else -1
+    chosen = continuation_pairs(train_pairs, since, config.replay_ratio, config.max_pairs, settings.seed + round_id)
+    if not chosen:
+        raise NoNewPairs(f"no preference pair is new since the policy this round starts from (seq {since})")
+    trained = run_dpo(ctx.base_model, start, chosen, config, settings.ppo.lora_rank, work, settings.seed,
+                      _step_logger("dpo"))  # fmt: skip
+    trained.extra["trained_through_seq"] = max(p.seq for p in train_pairs)
+    return trained
+
+
+class NoNewPairs(Exception):
+    """A DPO round has nothing new to learn from: it is skipped, not failed."""
 
 
 def _prompts(ctx: RoundContext):

@@ -1,0 +1,145 @@
+"""DPO on the policy's LoRA adapter, straight from the preference pairs (TRL 1.12's DPOTrainer).
+
+PPO learns what users want through the reward model and its own rollouts: every update samples
+answers, scores them and trains a critic, which on this machine's CPU is most of a round. DPO
+(https://arxiv.org/abs/2305.18290) trains the policy on the pairs themselves (the preferred
+answer's log-ratio to the reference against the other's), with no generation, reward model or
+value model in the loop: a round costs a few forward and backward passes per pair. The pairs are
+the users' own verdicts on what the policy served, so a behaviour users like shows up in the
+policy even when the base model rarely produces it and PPO's rollouts would rarely find it.
+
+The reference is the policy the round starts from (TRL copies the start adapter into a frozen
+"ref" adapter): each round stays close to its parent, and the evaluation's KL budget bounds the
+drift from the base across rounds. The reward model still gates what is published.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from flywheel.settings import DPOSection
+from trainer.pairs import Pair
+from trainer.ppo import PolicyTraining, load_policy
+from trainer.precision import use_bf16
+from trainer.reward import Progress, load_tokenizer, quiet
+
+log = logging.getLogger(__name__)
+
+REF_ADAPTER = "ref"  # the name TRL gives the frozen copy of a pretrained adapter
+
+
+def dpo_rows(tokenizer, pairs: Sequence[Pair]) -> list[dict[str, str]]:
+    """Pairs as TRL's standard (text) preference format, tokenized as serving and the reward model read them.
+
+    The prompt is the chat template up to the assistant's turn header; each answer ends with the
+    end-of-turn token, the one generation stops at (a conversational row would add the template's
+    newline after it, a token the policy never emits).
+    """
+    rows = []
+    for pair in pairs:
+        chat = [{"role": role, "content": content} for role, content in pair.messages]
+        prompt = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        rows.append({"prompt": prompt, "chosen": pair.chosen + tokenizer.eos_token,
+                     "rejected": pair.rejected + tokenizer.eos_token})  # fmt: skip
+    return rows
+
+
+def dpo_steps(config: DPOSection, pairs: int) -> tuple[float, int]:
+    """Epochs and optimiser steps for `pairs`: `epochs`, or more when that would be under `min_steps`."""
+    per_epoch = max(1, -(-pairs // config.batch_size))
+    epochs = max(config.epochs, config.min_steps / per_epoch)
+    return epochs, max(1, round(epochs * per_epoch))
+
+
+def run_dpo(
+    base_model: str,
+    start_adapter: Path | None,
+    pairs: Sequence[Pair],
+    config: DPOSection,
+    lora_rank: int,
+    work_dir: Path,
+    seed: int = 0,
+    report: Callable[[int, int, dict], None] | None = None,
+) -> PolicyTraining:
+    """DPO of the adapter in `start_adapter` (a fresh one when None) on `pairs`; the trained PeftModel."""
+    import warnings
+
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+
+    if not pairs:
+        raise ValueError("DPO needs at least one preference pair")
+    tokenizer = load_tokenizer(base_model)
+    torch.manual_seed(seed)
+    policy = load_policy(base_model, start_adapter, lora_rank)
+    epochs, steps = dpo_steps(config, len(pairs))
+    args = DPOConfig(
+        output_dir=str(work_dir),
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=1,
+        max_steps=steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="constant",  # a round is a few dozen steps; warm-up and decay would waste them
+        beta=config.beta,
+        max_length=config.max_length,
+        pad_to_multiple_of=32,  # few distinct shapes: oneDNN builds kernels per shape
+        bf16=use_bf16(),
+        use_cpu=True,
+        gradient_checkpointing=False,  # memory is plenty here and recomputing costs 2x
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        seed=seed,
+        dataloader_num_workers=0,
+        dataset_num_proc=None,
+    )
+    collected: list[dict] = []
+
+    def keep(step: int, total: int, logs: dict) -> None:
+        if "loss" in logs:
+            collected.append(logs)
+        if report:
+            report(step, total, logs)
+
+    started = time.monotonic()
+    with warnings.catch_warnings():  # "the base model matches your adapter only when fresh": it is, or ref is a copy
+        warnings.simplefilter("ignore")
+        trainer = DPOTrainer(
+            model=policy,
+            ref_model=None,  # a PeftModel: TRL keeps the start adapter, frozen, as the reference
+            args=args,
+            train_dataset=Dataset.from_list(dpo_rows(tokenizer, pairs)),
+            processing_class=tokenizer,
+            callbacks=[Progress(keep)],
+        )
+    quiet(trainer)
+    output = trainer.train()
+    seconds = time.monotonic() - started
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    if REF_ADAPTER in getattr(trained, "peft_config", {}):
+        trained.delete_adapter(REF_ADAPTER)  # only the trained adapter is published
+    trained.set_adapter("default")
+    trained.eval()
+    first, last = (collected[0], collected[-1]) if collected else ({}, {})
+    nan = float("nan")
+    metrics = {
+        "dpo_loss": float(output.training_loss),
+        "dpo_loss_first": first.get("loss", nan),
+        "dpo_loss_last": last.get("loss", nan),
+        "dpo_accuracy_last": last.get("rewards/accuracies", nan),
+        "dpo_margin_last": last.get("rewards/margins", nan),
+        "dpo_pairs": float(len(pairs)),
+        "dpo_epochs": epochs,
+        "dpo_steps": float(steps),
+        "dpo_beta": config.beta,
+    }
+    samples = steps * config.batch_size
+    log.info("DPO: %d steps on %d pairs (%.1f epochs) in %.0f s; %s", steps, len(pairs), epochs, seconds, metrics)
+    return PolicyTraining(trained, seconds, samples / max(seconds, 1e-9), metrics)
