@@ -35,7 +35,6 @@ def sample_traffic(model: str, count: int, preference, answer_tokens: int, seed:
     Returns the (topic, payload) records and counts; a completion whose answers the preference
     cannot tell apart gets no feedback (a tie states nothing).
     """
-    import torch
     from transformers import AutoModelForCausalLM
 
     from flywheel.events import SCHEMA_VERSION, new_event_id, timestamp_now
@@ -43,10 +42,11 @@ def sample_traffic(model: str, count: int, preference, answer_tokens: int, seed:
     from flywheel.v1 import events_pb2
     from tests.trainer.synthetic import TOPICS
     from trainer.evaluate import sample_answers
+    from trainer.precision import compute_dtype
     from trainer.reward import load_tokenizer, prompt_ids
 
     tokenizer = load_tokenizer(model)
-    policy = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16)
+    policy = AutoModelForCausalLM.from_pretrained(model, dtype=compute_dtype())
     prompts = [f"Tell me about {TOPICS[i % len(TOPICS)]} ({i // len(TOPICS)})." for i in range(count)]
     answers: list[str] = []
     for start in range(0, 2 * count, 32):  # both answers of a prompt side by side, 16 prompts a batch
