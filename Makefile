@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/flywheel/v1/*.proto)
 GENERATED := $(patsubst protos/%.proto,%_pb2.py,$(PROTOS))
 
-.PHONY: install system run test lint bench protos images clean
+.PHONY: install system run test test-long lint bench protos images clean
 
 install: $(STAMP) $(GENERATED)
 
@@ -44,7 +44,10 @@ run: install
 
 test: install system
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not long"
+
+test-long: install system
+	$(PY) -m pytest -m long
 
 lint: install
 	$(VENV)/bin/ruff check .

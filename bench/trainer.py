@@ -42,7 +42,7 @@ def sample_traffic(model: str, count: int, preference, answer_tokens: int, seed:
     from flywheel.v1 import events_pb2
     from tests.trainer.synthetic import TOPICS
     from trainer.evaluate import sample_answers
-    from trainer.precision import compute_dtype
+    from trainer.hardware import compute_dtype
     from trainer.reward import load_tokenizer, prompt_ids
 
     tokenizer = load_tokenizer(model)

@@ -98,8 +98,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     import json
 
     from flywheel.models import resolve_model
+    from trainer import hardware
 
     settings = _trainer_settings(args)
+    hardware.configure(settings.device)  # FLYWHEEL_DEVICE=cuda without a GPU: a message, before any work
     base_model = resolve_model(settings.model, settings.models_dir)
     if settings.nice:
         os.nice(settings.nice)  # users are served first; training takes what serving leaves

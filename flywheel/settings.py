@@ -143,6 +143,9 @@ class ServingSettings(CommonSettings):
     max_tokens_limit: int = Field(1024, description="Largest max_tokens a request may ask for.")
     default_max_tokens: int = Field(256, description="max_tokens when a request gives none.")
     max_top_logprobs: int = Field(20, description="Largest top_logprobs a request may ask for.")
+    compact_json: bool = Field(
+        True, description="response_format JSON without free whitespace (small models fill answers with spaces)."
+    )
     max_body_bytes: int = Field(1_000_000, description="Largest request body accepted.")
     max_messages: int = Field(256, description="Most messages one request may carry.")
     max_queued_requests: int = Field(
@@ -254,6 +257,9 @@ class RewardSection(BaseModel):
     continue_epochs: float = Field(1.0, description="Passes over the pairs when the current model continues.")
     replay_ratio: float = Field(0.5, ge=0.0, description="Older pairs replayed per new pair when continuing.")
     batch_size: int = Field(8, description="Pairs per optimiser step.")
+    group_by_length: bool = Field(
+        True, description="Batch pairs of like length (random batches of HH pairs were 2.1x padding: docs/training.md)."
+    )
     max_length: int = Field(
         256, description="Tokens per scored dialogue; longer ones keep their end (128 hid answer lengths past it)."
     )
@@ -341,6 +347,9 @@ class TrainerSettings(CommonSettings):
     port: int = Field(9300, description="HTTP port of /metrics, /healthz, /readyz and /status.")
     grpc_port: int = Field(50053, description="TrainerService gRPC port.")
     base_version: str = Field("base", description="Version name of the base policy (as serving names it).")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the trainer computes: auto takes a GPU when torch sees one (trainer/hardware.py)."
+    )
     torch_threads: int = Field(1, description="Threads torch uses; 2 ran 3-6x slower beside serving on 2 cores.")
     nice: int = Field(
         10, ge=0, le=19, description="Scheduling niceness the trainer process adds to itself, so serving keeps the CPU."

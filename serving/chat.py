@@ -18,6 +18,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 
 from vllm import SamplingParams
+from vllm.entrypoints.generate.base.protocol import structured_outputs_from_response_format
+from vllm.exceptions import VLLMValidationError
 from vllm.inputs import TokensPrompt
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import RequestOutputKind
@@ -33,6 +35,7 @@ from flywheel.v1 import events_pb2
 from serving.metrics import ServingMetrics
 from serving.policy import PolicyRouter, ServedPolicy, UnknownPolicyVersion
 from serving.protocol import (
+    UNHONOURED,
     AssistantMessage,
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -121,8 +124,48 @@ class ChatService:
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
+    def _refuse_unhonoured(self, request: ChatCompletionRequest) -> None:
+        """A 400 naming the first field asked for that this server cannot honour (see UNHONOURED)."""
+        for name in request.unhonoured():
+            why = f"this server does not offer {UNHONOURED[name]}"
+            if name in ("tools", "tool_choice", "parallel_tool_calls"):
+                template = getattr(self.tokenizer, "chat_template", None) or ""
+                why += (" yet" if "tools" in template else
+                        ": the served model's chat template has no tools")  # fmt: skip
+            raise APIError(400, f"{name} cannot be honoured: {why}", param=name, code="unsupported_parameter")
+
+    def _structured_outputs(self, request: ChatCompletionRequest):
+        """vLLM's structured-output constraint for `response_format`, checked now (a bad schema is a 400)."""
+        response_format = request.response_format
+        if response_format is None or response_format.type == "text":
+            return None
+        if response_format.type == "json_schema" and (
+            response_format.json_schema is None or response_format.json_schema.json_schema is None
+        ):
+            raise APIError(400, "response_format of type json_schema needs json_schema.schema", param="response_format")
+        constraint = structured_outputs_from_response_format(None, response_format)
+        from vllm.v1.structured_output.backend_xgrammar import validate_xgrammar_grammar
+
+        try:
+            validate_xgrammar_grammar(SamplingParams(structured_outputs=constraint))
+        except (VLLMValidationError, ValueError) as exc:
+            raise APIError(400, f"response_format: {exc}", param="response_format") from None
+        return constraint
+
+    def _logit_bias(self, request: ChatCompletionRequest) -> dict[int, float] | None:
+        if not request.logit_bias:
+            return None
+        bias = {int(token): value for token, value in request.logit_bias.items()}
+        vocabulary = len(self.tokenizer)
+        outside = sorted(token for token in bias if token >= vocabulary)
+        if outside:
+            raise APIError(400, f"logit_bias names token ids outside the vocabulary (size {vocabulary}): "
+                                f"{outside[:5]}", param="logit_bias")  # fmt: skip
+        return bias
+
     def _check_limits(self, request: ChatCompletionRequest) -> None:
         s = self.settings
+        self._refuse_unhonoured(request)
         if request.n > s.max_n:
             raise APIError(400, f"n must be at most {s.max_n}, got {request.n}", param="n", code="n_too_large")
         if request.n > 1 and request.temperature == 0 and not request.compare_versions:
@@ -186,6 +229,8 @@ class ChatService:
             )
         if max_tokens is None:
             max_tokens = min(self.settings.default_max_tokens, room)
+        structured_outputs = self._structured_outputs(request)
+        logit_bias = self._logit_bias(request)
         self._admit(user_id, max_tokens * request.n)
         sampling = SamplingParams(
             n=1 if choice_policies else request.n,  # compare mode: one engine request per choice
@@ -198,6 +243,8 @@ class ChatService:
             frequency_penalty=request.frequency_penalty,
             ignore_eos=request.ignore_eos,
             logprobs=(request.top_logprobs or 0) if request.logprobs else None,
+            structured_outputs=structured_outputs,
+            logit_bias=logit_bias,
             output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
         )
         return _Prepared(

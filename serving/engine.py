@@ -14,6 +14,8 @@ log = logging.getLogger(__name__)
 
 def engine_kwargs(settings: ServingSettings, model_path: str) -> dict:
     """Engine arguments shared by the server and the offline benchmark (same engine, same config)."""
+    from vllm.config import StructuredOutputsConfig
+
     return {
         "model": model_path,
         "served_model_name": settings.served_model_name,
@@ -25,6 +27,11 @@ def engine_kwargs(settings: ServingSettings, model_path: str) -> dict:
         "max_lora_rank": settings.max_lora_rank,
         "max_num_seqs": settings.max_num_seqs,
         "gpu_memory_utilization": settings.gpu_memory_utilization,
+        # response_format JSON: free whitespace between tokens let a small model pad its answer to
+        # max_tokens (the random test model did, every time); vLLM's flag is engine-wide.
+        "structured_outputs_config": StructuredOutputsConfig(
+            backend="xgrammar", disable_any_whitespace=settings.compact_json
+        ),
     }
 
 

@@ -10,10 +10,27 @@ import time
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from vllm.entrypoints.generate.base.protocol import ResponseFormat  # vLLM's own model of the field
 
 Role = Literal["system", "developer", "user", "assistant"]
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
+MAX_LOGIT_BIAS = 300  # OpenAI's own bound on the entries of logit_bias
+
+# OpenAI fields that ask for something this server cannot do: a request that sets one is refused
+# with a 400 naming it, never answered as if it had not asked (ChatService.refuse_unhonoured).
+# Fields OpenAI does not know stay ignored, as OpenAI's own API ignores them.
+UNHONOURED = {
+    "tools": "tool calls",
+    "tool_choice": "tool calls",
+    "parallel_tool_calls": "tool calls",
+    "functions": "function calls (deprecated in favour of tools)",
+    "function_call": "function calls (deprecated in favour of tools)",
+    "audio": "audio output",
+    "prediction": "predicted outputs",
+    "web_search_options": "web search",
+    "reasoning_effort": "reasoning effort (the served model does not reason)",
+}
 
 
 class TextPart(BaseModel):
@@ -56,6 +73,22 @@ class ChatCompletionRequest(BaseModel):
     seed: Annotated[int, Field(ge=-(2**63), lt=2**63)] | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0)] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = Field(
+        None, description=f"Token id (as a string) to a bias in -100..100 added to its logit; at most {MAX_LOGIT_BIAS}."
+    )
+    response_format: ResponseFormat | None = Field(
+        None, description="text, json_object or json_schema: the answer is constrained to it (vLLM structured outputs)."
+    )
+    modalities: list[Literal["text"]] | None = Field(None, description="Only text is served.")
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
+    audio: dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    reasoning_effort: str | None = None
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
     frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
     stream: bool = False
@@ -83,6 +116,23 @@ class ChatCompletionRequest(BaseModel):
         if any(len(item) > MAX_STOP_CHARS for item in items):
             raise ValueError(f"stop strings must be at most {MAX_STOP_CHARS} characters")
         return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias_keys_are_token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is None:
+            return value
+        if len(value) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} entries")
+        bad = [key for key in value if not key.strip().isdigit()]
+        if bad:
+            raise ValueError(f"keys must be token ids (non-negative integers as strings), not {bad[:5]!r}")
+        return value
+
+    def unhonoured(self) -> list[str]:
+        """The set fields (of UNHONOURED) this request asks for; `tool_choice: "none"` asks for nothing."""
+        asked = [name for name in UNHONOURED if getattr(self, name) not in (None, [], {})]
+        return [name for name in asked if not (name == "tool_choice" and self.tool_choice == "none")]
 
     def stop_list(self) -> list[str]:
         if self.stop is None:

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from flywheel.settings import DPOSection
+from trainer.hardware import trainer_args
 from trainer.pairs import Pair
 from trainer.ppo import PolicyTraining, load_policy
-from trainer.precision import use_bf16
 from trainer.reward import Progress, load_tokenizer, quiet
 
 log = logging.getLogger(__name__)
@@ -89,16 +89,10 @@ def run_dpo(
         beta=config.beta,
         max_length=config.max_length,
         pad_to_multiple_of=32,  # few distinct shapes: oneDNN builds kernels per shape
-        bf16=use_bf16(),
-        use_cpu=True,
         gradient_checkpointing=False,  # memory is plenty here and recomputing costs 2x
         logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        seed=seed,
-        dataloader_num_workers=0,
         dataset_num_proc=None,
+        **trainer_args(seed),
     )
     collected: list[dict] = []
 

@@ -61,7 +61,7 @@ def sample_answers(
     policy.eval()
     pad = tokenizer.pad_token_id
     width = max(len(q) for q in queries)
-    query = torch.tensor([[pad] * (width - len(q)) + q for q in queries])
+    query = torch.tensor([[pad] * (width - len(q)) + q for q in queries], device=policy.device)
     torch.manual_seed(seed)
     config = GenerationConfig(
         max_new_tokens=response_length, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,

@@ -21,8 +21,8 @@ from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedToken
 from transformers.modeling_outputs import BaseModelOutput
 
 from flywheel.settings import PPOSection
+from trainer.hardware import compute_dtype, device, trainer_args
 from trainer.pairs import Messages
-from trainer.precision import compute_dtype, use_bf16
 from trainer.reward import RewardModel, load_tokenizer, prompt_ids, quiet
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def load_policy(base_model: str, adapter_dir: Path | None, lora_rank: int, train
     """Base + the parent's adapter (or a fresh one for the first version), as a PeftModel."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    base = AutoModelForCausalLM.from_pretrained(base_model, dtype=compute_dtype())
+    base = AutoModelForCausalLM.from_pretrained(base_model, dtype=compute_dtype()).to(device())
     if adapter_dir is not None:
         return PeftModel.from_pretrained(base, adapter_dir, is_trainable=trainable)
     config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, target_modules="all-linear", task_type="CAUSAL_LM")
@@ -46,7 +46,7 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Message
 
 def _left_pad(sequences: Sequence[list[int]], pad: int) -> torch.Tensor:
     width = max(len(ids) for ids in sequences)
-    return torch.tensor([[pad] * (width - len(ids)) + ids for ids in sequences])
+    return torch.tensor([[pad] * (width - len(ids)) + ids for ids in sequences], device=device())
 
 
 @torch.no_grad()
@@ -96,8 +96,8 @@ class EndOfTurnReward(torch.nn.Module):
     def backbone(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_) -> BaseModelOutput:
         ids = torch.where(attention_mask.bool(), input_ids, self.pad)
         ids = torch.cat([ids, torch.full_like(ids[:, :1], self.pad)], 1)
-        last = (torch.arange(ids.shape[1]) * (ids != self.pad)).argmax(1)
-        cut = ids[torch.arange(len(ids)), last] != self.eos
+        last = (torch.arange(ids.shape[1], device=ids.device) * (ids != self.pad)).argmax(1)
+        cut = ids[torch.arange(len(ids), device=ids.device), last] != self.eos
         ids[cut, last[cut] + 1] = self.eos
         scores = self.model(input_ids=ids, attention_mask=(ids != self.pad).long()).logits[:, :1].float()
         # One score per position: TRL picks it at the answer's last token.
@@ -199,14 +199,9 @@ def run_ppo(
         learning_rate=config.learning_rate,
         lr_scheduler_type="constant",  # a round is a few dozen updates; a linear decay would halve them
         num_sample_generations=0,
-        bf16=use_bf16(),
-        use_cpu=True,
         gradient_checkpointing=False,  # TRL turns it on; here memory is plenty and recomputing costs 2x
         logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        seed=seed,
+        **trainer_args(seed),
     )
     dataset = Dataset.from_list([{"input_ids": ids} for ids in queries])
     collect = _CollectLogs(report)

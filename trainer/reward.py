@@ -17,8 +17,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback
 
 from flywheel.settings import RewardSection
+from trainer.hardware import compute_dtype, device, trainer_args
 from trainer.pairs import Messages, Pair
-from trainer.precision import compute_dtype, use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class RewardModel:
             chunk = [sequences[i] for i in order[start : start + batch_size]]
             width = max(len(ids) for ids in chunk)
             pad = self.tokenizer.pad_token_id
-            input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in chunk])
+            input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in chunk], device=self.model.device)
             mask = (input_ids != pad).long()
             logits = self.model(input_ids=input_ids, attention_mask=mask).logits[:, 0].float()
             for i, value in zip(order[start : start + batch_size], logits.tolist(), strict=True):
@@ -95,7 +95,7 @@ class RewardModel:
 def _base_classifier(base_model: str, tokenizer: PreTrainedTokenizerBase) -> torch.nn.Module:
     model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1, dtype=compute_dtype())
     model.config.pad_token_id = tokenizer.pad_token_id
-    return model
+    return model.to(device())
 
 
 def load_reward_model(base_model: str, adapter_dir: Path, max_length: int) -> RewardModel:
@@ -105,7 +105,7 @@ def load_reward_model(base_model: str, adapter_dir: Path, max_length: int) -> Re
     tokenizer = load_tokenizer(base_model)
     if not (adapter_dir / "adapter_config.json").exists():
         model = AutoModelForSequenceClassification.from_pretrained(adapter_dir, dtype=compute_dtype())
-        return RewardModel(model.eval(), tokenizer, max_length)
+        return RewardModel(model.to(device()).eval(), tokenizer, max_length)
     model = PeftModel.from_pretrained(_base_classifier(base_model, tokenizer), adapter_dir)
     return RewardModel(model.merge_and_unload().eval(), tokenizer, max_length)
 
@@ -151,7 +151,7 @@ def train_reward_model(
     start_from: Path | None = None,
     epochs: float | None = None,
 ) -> RewardTraining:
-    """Bradley-Terry training of a LoRA reward model on `pairs` (TRL RewardTrainer; precision: trainer/precision.py).
+    """Bradley-Terry training of a LoRA reward model on `pairs` (TRL RewardTrainer; device, dtype: trainer/hardware.py).
 
     A fresh adapter, or the saved one in `start_from` trained further (its head included).
     """
@@ -160,20 +160,18 @@ def train_reward_model(
     from trl import RewardConfig, RewardTrainer
 
     tokenizer = load_tokenizer(base_model)
-    rows = [
-        {
-            "chosen_ids": dialogue_ids(tokenizer, p.messages, p.chosen, config.max_length),
-            "rejected_ids": dialogue_ids(tokenizer, p.messages, p.rejected, config.max_length),
-        }
-        for p in pairs
-    ]
+    rows = []
+    for p in pairs:
+        chosen = dialogue_ids(tokenizer, p.messages, p.chosen, config.max_length)
+        rejected = dialogue_ids(tokenizer, p.messages, p.rejected, config.max_length)
+        rows.append({"chosen_ids": chosen, "rejected_ids": rejected, "length": max(len(chosen), len(rejected))})
     epochs = config.epochs if epochs is None else epochs
     model = _base_classifier(base_model, tokenizer)
     peft_config = None
     if start_from is not None and (start_from / "adapter_config.json").exists():
         model = PeftModel.from_pretrained(model, start_from, is_trainable=True)
     elif start_from is not None:  # a fully fine-tuned reward model (lora_rank 0)
-        model = AutoModelForSequenceClassification.from_pretrained(start_from, dtype=compute_dtype())
+        model = AutoModelForSequenceClassification.from_pretrained(start_from, dtype=compute_dtype()).to(device())
     elif config.lora_rank > 0:
         layers = model.config.num_hidden_layers
         top = range(max(0, layers - config.lora_layers), layers) if config.lora_layers else range(layers)
@@ -192,17 +190,16 @@ def train_reward_model(
         learning_rate=config.learning_rate,
         lr_scheduler_type="linear",
         warmup_steps=max(1, int(0.05 * epochs * len(rows) / config.batch_size)),
-        bf16=use_bf16(),
-        use_cpu=True,
         gradient_checkpointing=False,  # TRL turns it on; here memory is plenty and recomputing costs 2x
         max_length=None,  # rows are truncated (from the left) already; TRL would drop long ones
         pad_to_multiple_of=32,  # few distinct shapes: oneDNN builds kernels per shape
+        # Batches of like length (shuffled groups of 50 batches, sorted within): a step pads to its
+        # longest dialogue, and random batches of HH pairs padded to 2.1x their real tokens.
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+        length_column_name="length",
+        remove_unused_columns=False,  # keeps "length" for the sampler; TRL's collator reads only the ids
         logging_steps=5,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        seed=seed,
-        dataloader_num_workers=0,
+        **trainer_args(seed),
     )
     callbacks = [Progress(report)] if report else None
     started = time.monotonic()

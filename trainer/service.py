@@ -107,7 +107,10 @@ class TrainerService:
     def _open(self, settings: TrainerSettings, base_model: str, metrics: TrainerMetrics | None) -> None:
         import torch
 
+        from trainer import hardware
+
         torch.set_num_threads(settings.torch_threads)
+        hardware.configure(settings.device)
         self.settings = settings
         self.metrics = metrics or TrainerMetrics()
         self.dataset = DatasetStore(settings.dataset_path)
