@@ -63,6 +63,8 @@ def make_versions(model: str, store, names: list[str]) -> list:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from flywheel.channel import ADAPTER_KIND
+
     torch.set_num_threads(1)  # leave the other core to the server starting beside us
     base = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16)
     config = LoraConfig(r=LORA_RANK, lora_alpha=LORA_ALPHA, target_modules="all-linear", task_type="CAUSAL_LM")
@@ -75,7 +77,9 @@ def make_versions(model: str, store, names: list[str]) -> list:
             for parameter in lora_b:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * LORA_B_STD)
         write = peft_model.save_pretrained
-        manifest = store.publish(name, write, parent="base", base_model=model, kind="lora", metrics={"seed": seed})
+        manifest = store.publish(
+            name, write, parent="base", base_model=model, kind=ADAPTER_KIND, metrics={"seed": seed}
+        )
         manifests.append(manifest)
     return manifests
 
@@ -84,24 +88,18 @@ class Announcer:
     """Sends PolicyPublished as the trainer does (acks=all) on one producer kept open; returns created_at."""
 
     def __init__(self, bootstrap: str, store) -> None:
-        from flywheel.kafka import make_producer
-        from flywheel.settings import TOPIC_POLICY
+        from flywheel.channel import PolicySender
 
         self.store = store
-        self.producer = make_producer(bootstrap)
-        self.producer.partitions_for(TOPIC_POLICY)  # metadata now, not inside the first timed swap
+        self.sender = PolicySender(bootstrap)
+        self.sender.connect()  # metadata now, not inside the first timed swap
 
     def announce(self, manifest) -> float:
-        from flywheel.rollout import published_event
-        from flywheel.settings import TOPIC_POLICY
-        from trainer.round import policy_published_event
-
-        event = published_event(policy_published_event(manifest, self.store.root))
-        self.producer.send(TOPIC_POLICY, key=manifest.version.encode(), value=event.SerializeToString()).get(30)
+        event = self.sender.announce(manifest)
         return event.published.created_at.ToNanoseconds() / 1e9
 
     def close(self) -> None:
-        self.producer.close(timeout=5)
+        self.sender.close()
 
 
 # -- clients
@@ -295,7 +293,7 @@ class DeliveryWatch:
     """A second reader of the policy topic, built like serving's (PolicyLog): when each event reaches a reader."""
 
     def __init__(self, bootstrap: str) -> None:
-        from flywheel.rollout import PolicyLog
+        from flywheel.channel import PolicyLog
 
         self.delivered: dict[str, float] = {}
         self.log = PolicyLog(bootstrap, self._on_event, "bench-swap-watch").start()

@@ -226,9 +226,10 @@ def cmd_rm_eval(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from kafka.errors import KafkaError
 
+    from flywheel.channel import announce
     from flywheel.models import resolve_model
     from flywheel.store import ModelStore, StoreError
-    from trainer.merge import announce, merge_version
+    from trainer.merge import merge_version
 
     settings = _trainer_settings(args)
     store = ModelStore(settings.store_dir)
@@ -241,7 +242,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if args.no_announce:
         return 0
     try:
-        announce(settings.kafka_bootstrap, store, manifest)
+        announce(settings.kafka_bootstrap, manifest)
     except KafkaError as exc:
         note = f"{manifest.version} is in the store but was not announced ({exc}); the trainer announces it on start"
         print(f"flywheel: {note}", file=sys.stderr)  # noqa: T201

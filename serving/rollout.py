@@ -25,13 +25,14 @@ from vllm import SamplingParams
 from vllm.inputs import TokensPrompt
 from vllm.lora.request import LoRARequest
 
-from flywheel.rollout import PolicyLog, decision_event, event_time, fold, read_snapshot
+from flywheel.channel import ADAPTER_KIND, FULL_KIND, PolicyLog, decision_event, event_time
+from flywheel.rollout import fold, read_snapshot
 from flywheel.settings import ServingSettings
 from flywheel.store import ModelStore, StoreError
 from flywheel.v1 import events_pb2
 from serving.metrics import ServingMetrics
 from serving.policy import PolicyRouter, ServedPolicy
-from serving.versions import FULL_KIND, RefusedVersion, VersionInfo, check_version, tensor_specs
+from serving.versions import RefusedVersion, VersionInfo, check_version, tensor_specs
 from serving.weights import reload_in_place, wanted_weights
 
 log = logging.getLogger(__name__)
@@ -259,7 +260,7 @@ class PolicyReceiver:
             try:
                 self._kinds[version] = self.store.manifest(version).kind
             except StoreError:
-                return "lora"  # not in the store (yet): the adapter path refuses it with the reason
+                return ADAPTER_KIND  # not in the store (yet): the adapter path refuses it with the reason
         return self._kinds[version]
 
     def _wanted_weights(self) -> str:

@@ -12,9 +12,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flywheel.channel import ADAPTER_KIND, FULL_KIND
 from flywheel.store import Manifest, ModelStore, StoreError
 
-FULL_KIND = "full"
 WEIGHTS_FILE = "model.safetensors"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -73,13 +73,15 @@ def check_version(store: ModelStore, version: str, max_rank: int, served: Tensor
         manifest = store.verify(version)
     except StoreError as exc:
         text = str(exc)
-        reason = "name" if "plain name" in text or "out of the store" in text or "outside the version" in text else (
-            "missing" if "not in the store" in text or "missing" in text else "checksum"
+        reason = (
+            "name"
+            if "plain name" in text or "out of the store" in text or "outside the version" in text
+            else ("missing" if "not in the store" in text or "missing" in text else "checksum")
         )
         raise RefusedVersion(reason, str(exc)) from None
     if manifest.kind == FULL_KIND and served is not None:
         _check_full_weights(store.path(version), manifest, served)
-    elif manifest.kind == "lora":
+    elif manifest.kind == ADAPTER_KIND:
         _check_adapter(store.path(version), manifest, max_rank)
     else:
         raise RefusedVersion("kind", f"version {version} is a {manifest.kind!r} version; this replica cannot load it")

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable, Container
 from pathlib import Path
 
+from flywheel.channel import FULL_KIND
 from flywheel.rollout import RolloutState
-from serving.versions import FULL_KIND
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from flywheel.kafka import make_producer
-from flywheel.rollout import published_event
-from flywheel.settings import TOPIC_POLICY
+from flywheel.channel import ADAPTER_KIND, FULL_KIND
 from flywheel.store import Manifest, ModelStore, StoreError
-from serving.versions import FULL_KIND
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +20,7 @@ log = logging.getLogger(__name__)
 def merge_version(store: ModelStore, version: str, base_model: str, name: str = "") -> Manifest:
     """Publish `name` (default VERSION-full): base + VERSION's adapter as one bf16 safetensors file."""
     manifest = store.verify(version)
-    if manifest.kind != "lora":
+    if manifest.kind != ADAPTER_KIND:
         raise StoreError(f"version {version} is a {manifest.kind!r} version; only LoRA versions can be merged")
     import torch
     from peft import PeftModel
@@ -39,16 +36,3 @@ def merge_version(store: ModelStore, version: str, base_model: str, name: str = 
         name or f"{version}-full", write, parent=version, base_model=manifest.base_model or base_model,
         kind=FULL_KIND, metrics=dict(manifest.metrics), extra={"merged_from": version},
     )  # fmt: skip
-
-
-def announce(bootstrap: str, store: ModelStore, manifest: Manifest, timeout_s: float = 30.0) -> None:
-    """PolicyPublished for the version on flywheel.policy.v1, acknowledged by the broker."""
-    from trainer.round import policy_published_event
-
-    producer = make_producer(bootstrap)
-    try:
-        event = published_event(policy_published_event(manifest, store.root))
-        producer.send(TOPIC_POLICY, key=manifest.version.encode(), value=event.SerializeToString()).get(timeout_s)
-    finally:
-        producer.close(timeout=5)
-    log.info("announced %s on %s", manifest.version, TOPIC_POLICY)

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 
 from kafka.errors import KafkaError
 
-from flywheel.rollout import PolicyLog, decision_event, fold, read_snapshot, write_snapshot
+from flywheel.channel import PolicyLog, decision_event
+from flywheel.rollout import fold, parent_of, read_snapshot, write_snapshot
 from flywheel.settings import RolloutSection, TrainerSettings
 from flywheel.store import ModelStore
 from flywheel.v1 import events_pb2
@@ -191,15 +192,7 @@ class RolloutController:
         self._on_event(event)
         return verdict
 
-    def parent(self) -> str:
-        """The version the next round trains from: the canary, else the stable version."""
+    def parent(self) -> str | None:
+        """The version the next round trains from: the canary, else the stable; None before any event."""
         with self._lock:
-            return self.state.canary or self.state.stable
-
-
-def trained_parent(policies: ModelStore) -> str | None:
-    """The version to continue from per the snapshot (canary, else stable); None when none was recorded."""
-    state = read_snapshot(policies.root, 0.0)
-    if not state.seen:
-        return None
-    return state.canary or state.stable
+            return parent_of(self.state)

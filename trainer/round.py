@@ -17,9 +17,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flywheel.channel import ADAPTER_KIND
+from flywheel.rollout import parent_of, read_snapshot
 from flywheel.settings import RewardSection, TrainerSettings
 from flywheel.store import Manifest, ModelStore
-from flywheel.v1 import events_pb2
 from trainer.dataset import DatasetStore
 from trainer.dpo import run_dpo
 from trainer.evaluate import (
@@ -50,8 +51,10 @@ class RoundContext:
     dataset: DatasetStore
     policies: ModelStore
     reward_models: ModelStore
-    announce: Callable[[events_pb2.PolicyPublished], None]
+    announce: Callable[[Manifest], None]  # sends the version's PolicyPublished (flywheel.channel)
     metrics: TrainerMetrics = field(default_factory=TrainerMetrics)
+    # The version the roll-out says to train from (RolloutController.parent); None: read the snapshot.
+    parent: Callable[[], str | None] | None = None
 
 
 @dataclass
@@ -96,22 +99,20 @@ def current_policy(ctx: RoundContext) -> tuple[str, Path | None]:
     That is the canary, else the stable version, as the roll-out recorded them (a rolled-back
     version is never built on); the newest published version when no roll-out was recorded yet.
     """
-    from trainer.rollout import trained_parent
-
-    parent = trained_parent(ctx.policies)
+    parent = ctx.parent() if ctx.parent is not None else parent_of(read_snapshot(ctx.policies.root, 0.0))
     if parent is None:
         latest = ctx.policies.latest()
         parent = latest.version if latest is not None else ctx.settings.base_version
     if parent == ctx.settings.base_version or not (ctx.policies.path(parent) / "manifest.json").is_file():
         return ctx.settings.base_version, None
     manifest = ctx.policies.manifest(parent)
-    if manifest.kind != "lora":  # merged full weights (flywheel merge): continue from the adapter merged
+    if manifest.kind != ADAPTER_KIND:  # merged full weights (flywheel merge): continue from the adapter merged
         log.info("%s has full weights; training continues from the adapter it was merged from, %s", parent,
                  manifest.parent or "none")  # fmt: skip
         parent = manifest.parent
         if not parent or not (ctx.policies.path(parent) / "manifest.json").is_file():
             return ctx.settings.base_version, None
-        if ctx.policies.manifest(parent).kind != "lora":
+        if ctx.policies.manifest(parent).kind != ADAPTER_KIND:
             return ctx.settings.base_version, None
     return parent, ctx.policies.path(parent)
 
@@ -263,13 +264,14 @@ def run_round(ctx: RoundContext, reward_only: bool = False) -> RoundResult:
             oldest = store.oldest_feedback_time(store.last_round_seq(("published",)), watermark)
             manifest = ctx.policies.publish(
                 version, ppo.policy.save_pretrained, parent=parent_version, base_model=ctx.base_model,
-                kind="lora", metrics=summary, extra={"round": round_id, "reward_model": reward_version, **ppo.extra},
+                kind=ADAPTER_KIND, metrics=summary,
+                extra={"round": round_id, "reward_model": reward_version, **ppo.extra},
             )  # fmt: skip
             if oldest is not None:
                 latency = manifest.created_at - oldest
                 summary["feedback_to_policy_seconds"] = latency
                 m.feedback_to_policy.observe(latency)
-            ctx.announce(policy_published_event(manifest, ctx.policies.root))
+            ctx.announce(manifest)
             keep_candidate(ctx, None, parent_version, round_id, summary)
         m.published.info({"version": version, "parent": parent_version})
         m.published_total.inc()
@@ -391,7 +393,7 @@ def keep_candidate(
     name = ""
     if policy is not None:
         name = f"candidate-{round_id:04d}-{secrets.token_hex(2)}"
-        store.publish(name, policy.save_pretrained, parent=parent_version, base_model=ctx.base_model, kind="lora",
+        store.publish(name, policy.save_pretrained, parent=parent_version, base_model=ctx.base_model, kind=ADAPTER_KIND,
                       extra={"rounds": rounds, "round": round_id, **(extra or {})})  # fmt: skip
         log.info("kept %s: the next round continues from it (%d rounds from %s)", name, rounds, parent_version)
     ctx.dataset.set_state(CANDIDATE_KEY, name)
@@ -437,24 +439,3 @@ def _prompts(ctx: RoundContext):
             seen.setdefault(row.prompt_key, row.messages)
         prompts = list(seen.items())[: ctx.settings.ppo.max_prompts]
     return prompts
-
-
-def policy_published_event(manifest, root: Path) -> events_pb2.PolicyPublished:
-    from flywheel.events import SCHEMA_VERSION, new_event_id, timestamp_now
-
-    event = events_pb2.PolicyPublished(
-        event_id=new_event_id(),
-        created_at=timestamp_now(),
-        schema_version=SCHEMA_VERSION,
-        version=manifest.version,
-        parent_version=manifest.parent,
-        base_model=manifest.base_model,
-        kind=manifest.kind,
-        path=manifest.version,
-    )
-    for entry in manifest.files:
-        event.files.add(path=entry.path, sha256=entry.sha256, size=entry.size)
-    for key, value in manifest.metrics.items():
-        if isinstance(value, int | float) and not math.isnan(value):
-            event.metrics[key] = float(value)
-    return event

@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 
 from kafka.errors import KafkaError
 
-from flywheel.kafka import close_quietly, make_producer
-from flywheel.settings import TOPIC_POLICY, TrainerSettings
-from flywheel.store import ModelStore
-from flywheel.v1 import events_pb2
+from flywheel.channel import PolicySender
+from flywheel.settings import TrainerSettings
+from flywheel.store import Manifest, ModelStore
 from trainer.dataset import DatasetStore
 from trainer.ingest import Ingestor
 from trainer.lock import DatasetLock
@@ -32,7 +31,6 @@ from trainer.round import (
     RoundResult,
     available_pairs,
     current_policy,
-    policy_published_event,
     run_round,
 )
 
@@ -60,34 +58,23 @@ class TrainerStatus:
 
 
 class PolicyAnnouncer:
-    """Sends PolicyPublished events (acks=all); a version counts as announced once Kafka has it."""
+    """Announces versions on the policy channel; a version counts as announced once Kafka has it."""
 
     def __init__(self, bootstrap: str, store: DatasetStore) -> None:
-        self.bootstrap = bootstrap
+        self.sender = PolicySender(bootstrap)
         self.store = store
-        self._producer = None
 
-    def __call__(self, event: events_pb2.PolicyPublished) -> None:
-        if self._producer is None:
-            self._producer = make_producer(self.bootstrap)
-        try:
-            envelope = events_pb2.PolicyEvent(published=event)
-            self._producer.send(TOPIC_POLICY, key=event.version.encode(), value=envelope.SerializeToString()).get(30)
-        except KafkaError:
-            close_quietly(self._producer)
-            self._producer = None
-            raise
-        self.store.set_state(ANNOUNCED_KEY + event.version, "1")
-        log.info("announced %s on %s", event.version, TOPIC_POLICY)
+    def __call__(self, manifest: Manifest) -> None:
+        self.sender.announce(manifest)  # raises KafkaError: the version stays pending, announced on start
+        self.store.set_state(ANNOUNCED_KEY + manifest.version, "1")
 
     def announce_pending(self, policies: ModelStore) -> None:
         for manifest in policies.versions():
             if not self.store.get_state(ANNOUNCED_KEY + manifest.version):
-                self(policy_published_event(manifest, policies.root))
+                self(manifest)
 
     def close(self) -> None:
-        if self._producer is not None:
-            self._producer.close(timeout=5)
+        self.sender.close()
 
 
 class TrainerService:
@@ -118,14 +105,17 @@ class TrainerService:
         if abandoned:
             log.warning("%d round(s) were cut short by a stop; their feedback will train the next round", abandoned)
         self.announcer = PolicyAnnouncer(settings.kafka_bootstrap, self.dataset)
+        policies = ModelStore(settings.store_dir)
+        self.controller = RolloutController(settings, self.dataset, policies, self.metrics)
         self.context = RoundContext(
             settings=settings,
             base_model=base_model,
             dataset=self.dataset,
-            policies=ModelStore(settings.store_dir),
+            policies=policies,
             reward_models=ModelStore(settings.reward_store_dir),
             announce=self.announcer,
             metrics=self.metrics,
+            parent=self.controller.parent,
         )
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -139,7 +129,6 @@ class TrainerService:
         self._loop_failures = {"ingest": 0, "rounds": 0}  # failures in a row, per loop
         self._loop_errors = {"ingest": "", "rounds": ""}
         self.ingestor: Ingestor | None = None
-        self.controller = RolloutController(settings, self.dataset, self.context.policies, self.metrics)
 
     # -- lifecycle
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+from flywheel.channel import decision_event, published_event
 from flywheel.events import SCHEMA_VERSION
-from flywheel.rollout import RolloutState, decision_event, fold, published_event, read_snapshot, write_snapshot
+from flywheel.rollout import RolloutState, fold, read_snapshot, write_snapshot
 from flywheel.v1 import events_pb2
 
 Action = events_pb2.RolloutAction
@@ -95,7 +96,7 @@ def test_the_policy_reader_skips_and_counts_what_it_cannot_use_and_survives_a_fa
     """A reader thread that died left a replica deaf to every later version, with /healthz still ok."""
     import threading
 
-    from flywheel.rollout import PolicyLog
+    from flywheel.channel import PolicyLog
 
     handled, skipped = [], []
 

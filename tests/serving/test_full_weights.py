@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from flywheel.broker import Broker
+from flywheel.channel import announce
 from flywheel.models import build_tiny_model
 from tests.conftest import ADMIN_KEY, ROOT, serving_env, stop_process
 from tests.serving.test_hot_swap import (
@@ -30,7 +31,7 @@ from tests.serving.test_hot_swap import (
     stream_forever,
     wait_policy,
 )
-from tests.serving.versions import announce, make_lora_version
+from tests.serving.versions import make_lora_version
 
 pytestmark = pytest.mark.slow
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -56,7 +57,7 @@ def test_a_merged_version_reloads_in_place_under_load_and_a_rollback_restores_th
     store = store_of(full_server)
     base_answer = greedy(full_server, "base")
     adapter = make_lora_version(tiny_model, store, "lora-1", seed=11)
-    announce(module_broker.bootstrap, store, adapter)
+    announce(module_broker.bootstrap, adapter)
     wait_policy(full_server, lambda s: s["canary_version"] == "lora-1", "lora-1 as canary")
 
     results: list[dict] = []
@@ -123,12 +124,12 @@ def test_full_weights_of_another_model_or_corrupted_are_refused_before_the_engin
         (tmp / "config.json").write_bytes((other / "config.json").read_bytes())
 
     wrong = store.publish("other-model", write_other, parent="base", base_model=str(other), kind="full")
-    announce(module_broker.bootstrap, store, wrong)
+    announce(module_broker.bootstrap, wrong)
 
     make_lora_version(tiny_model, store, "lora-2", seed=12)
     assert merge(full_server, tiny_model, "lora-2", "--no-announce").returncode == 0
     _corrupt(store.path("lora-2-full") / "model.safetensors")
-    announce(module_broker.bootstrap, store, store.manifest("lora-2-full"))
+    announce(module_broker.bootstrap, store.manifest("lora-2-full"))
 
     status = wait_policy(full_server, lambda s: {"other-model", "lora-2-full"} <= set(s["refused"]), "both refusals")
     assert "the served model's is" in status["refused"]["other-model"]

@@ -22,6 +22,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from flywheel.broker import Broker
+from flywheel.channel import announce
 from flywheel.store import ModelStore
 from tests.conftest import (
     ADMIN_KEY,
@@ -32,7 +33,7 @@ from tests.conftest import (
     stop_process,
     wait_ready,
 )
-from tests.serving.versions import announce, make_lora_version
+from tests.serving.versions import make_lora_version
 
 pytestmark = pytest.mark.slow
 PROMPT = [{"role": "user", "content": "Name three colours."}]
@@ -168,12 +169,12 @@ def test_corrupted_and_truncated_versions_are_refused_and_the_old_ones_keep_serv
 ):
     store = store_of(swap_server)
     good = make_lora_version(tiny_model, store, "good-1", seed=101)
-    announce(module_broker.bootstrap, store, good)
+    announce(module_broker.bootstrap, good)
     wait_policy(swap_server, lambda s: s["canary_version"] == "good-1", "good-1 as canary")
 
     corrupted = make_lora_version(tiny_model, store, "corrupted-1", seed=102)
     _corrupt(store.path("corrupted-1") / "adapter_model.safetensors")
-    announce(module_broker.bootstrap, store, corrupted)
+    announce(module_broker.bootstrap, corrupted)
 
     def write_truncated(tmp: Path) -> None:  # the manifest matches, the weights file is cut short
         source = store.path("good-1")
@@ -182,7 +183,7 @@ def test_corrupted_and_truncated_versions_are_refused_and_the_old_ones_keep_serv
         (tmp / "adapter_model.safetensors").write_bytes(weights[: len(weights) // 2])
 
     truncated = store.publish("truncated-1", write_truncated, parent="base", base_model=str(tiny_model), kind="lora")
-    announce(module_broker.bootstrap, store, truncated)
+    announce(module_broker.bootstrap, truncated)
 
     status = wait_policy(swap_server, lambda s: {"corrupted-1", "truncated-1"} <= set(s["refused"]), "both refusals")
     assert "does not match its manifest" in status["refused"]["corrupted-1"]
@@ -205,11 +206,11 @@ def test_a_replica_restarted_mid_rollout_comes_back_on_the_same_versions(tiny_mo
     try:
         store = store_of(server)
         first, second = (make_lora_version(tiny_model, store, f"r-{i}", seed=200 + i) for i in (1, 2))
-        announce(broker.bootstrap, store, first)
+        announce(broker.bootstrap, first)
         wait_policy(server, lambda s: s["canary_version"] == "r-1", "r-1 as canary")
         promoted = httpx.post(f"{server.url}/v1/policy/promote", json={"reason": "test"}, headers=ADMIN, timeout=30)
         assert promoted.status_code == 200, promoted.text
-        announce(broker.bootstrap, store, second)
+        announce(broker.bootstrap, second)
         wait_policy(server, lambda s: s["canary_version"] == "r-2", "r-2 as canary")
         fraction = httpx.post(f"{server.url}/v1/policy/canary", json={"fraction": 0.3}, headers=ADMIN, timeout=30)
         assert fraction.status_code == 200, fraction.text

@@ -16,10 +16,11 @@ import httpx
 import pytest
 
 from flywheel.broker import Broker
+from flywheel.channel import announce
 from flywheel.store import ModelStore
 from tests.conftest import feedback_env, free_port, start_feedback, stop_process
 from tests.serving.test_hot_swap import PROMPT, start_serving, wait_policy
-from tests.serving.versions import announce, make_lora_version
+from tests.serving.versions import make_lora_version
 from tests.trainer.conftest import start_trainer
 
 pytestmark = pytest.mark.slow
@@ -92,7 +93,7 @@ def test_live_feedback_promotes_a_better_canary_and_rolls_back_a_worse_one(tiny_
         store = ModelStore(Path(server.env["FLYWHEEL_DATA_DIR"]) / "store")
 
         good = make_lora_version(tiny_model, store, "c-good", seed=301)
-        announce(broker.bootstrap, store, good)
+        announce(broker.bootstrap, good)
         wait_policy(server, lambda s: s["canary_version"] == "c-good", "c-good as canary")
         served = chat_and_rate(server.url, feedback.url, favoured="c-good", users=40)
         assert served.get("c-good", 0) >= 8 and served.get("base", 0) >= 8, served
@@ -100,7 +101,7 @@ def test_live_feedback_promotes_a_better_canary_and_rolls_back_a_worse_one(tiny_
         assert status["canary_version"] == ""
 
         bad = make_lora_version(tiny_model, store, "c-bad", seed=302, parent="c-good")
-        announce(broker.bootstrap, store, bad)
+        announce(broker.bootstrap, bad)
         wait_policy(server, lambda s: s["canary_version"] == "c-bad", "c-bad as canary")
         chat_and_rate(server.url, feedback.url, favoured="c-good", users=40)
         status = wait_policy(server, lambda s: "c-bad" in s["retired"], "c-bad rolled back", timeout_s=90)
@@ -115,7 +116,7 @@ def test_live_feedback_promotes_a_better_canary_and_rolls_back_a_worse_one(tiny_
 
         # Head to head: compare mode answers with both versions; comparisons alone promote the canary.
         duel = make_lora_version(tiny_model, store, "c-duel", seed=303, parent="c-good")
-        announce(broker.bootstrap, store, duel)
+        announce(broker.bootstrap, duel)
         wait_policy(server, lambda s: s["canary_version"] == "c-duel", "c-duel as canary")
         compared = 0
         while compared < 20 and compare_and_prefer(server.url, feedback.url, "c-duel", {"c-good", "c-duel"}):

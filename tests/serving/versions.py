@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flywheel.kafka import make_producer
-from flywheel.rollout import published_event
-from flywheel.settings import TOPIC_POLICY
+from flywheel import channel
 from flywheel.store import Manifest, ModelStore
-from trainer.round import policy_published_event
 
 
 def make_lora_version(base_model: Path, store: ModelStore, version: str, seed: int, parent: str = "base") -> Manifest:
@@ -26,16 +23,6 @@ def make_lora_version(base_model: Path, store: ModelStore, version: str, seed: i
             if "lora_B" in name:
                 parameter.normal_(0.0, 0.5)
     return store.publish(
-        version, lambda tmp: peft_model.save_pretrained(tmp), parent=parent, base_model=str(base_model), kind="lora",
-        metrics={"seed": float(seed)},
+        version, lambda tmp: peft_model.save_pretrained(tmp), parent=parent, base_model=str(base_model),
+        kind=channel.ADAPTER_KIND, metrics={"seed": float(seed)},
     )  # fmt: skip
-
-
-def announce(bootstrap: str, store: ModelStore, manifest: Manifest) -> None:
-    """Publish the version's PolicyPublished event, as the trainer does (acks=all)."""
-    producer = make_producer(bootstrap)
-    try:
-        event = published_event(policy_published_event(manifest, store.root))
-        producer.send(TOPIC_POLICY, key=manifest.version.encode(), value=event.SerializeToString()).get(30)
-    finally:
-        producer.close(timeout=5)

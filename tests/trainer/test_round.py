@@ -13,8 +13,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from flywheel.settings import TOPIC_COMPLETIONS, TOPIC_FEEDBACK
-from flywheel.store import ModelStore
-from flywheel.v1 import events_pb2
+from flywheel.store import Manifest, ModelStore
 from tests.trainer.conftest import fast_settings
 from tests.trainer.synthetic import completion, feedback, traffic
 from trainer import round as round_module
@@ -32,7 +31,7 @@ def context(tmp_path, model, records, **overrides) -> tuple[RoundContext, list]:
     settings = fast_settings(tmp_path / "data", **overrides)
     store = DatasetStore(settings.dataset_path)
     store.ingest(records)
-    announced: list[events_pb2.PolicyPublished] = []
+    announced: list[Manifest] = []  # what the round asked the policy channel to announce
     ctx = RoundContext(
         settings, str(model), store, ModelStore(settings.store_dir), ModelStore(settings.reward_store_dir),
         announced.append, TrainerMetrics(),

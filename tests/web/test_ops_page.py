@@ -21,11 +21,12 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from flywheel.broker import Broker
+from flywheel.channel import announce
 from flywheel.kafka import make_producer
 from flywheel.settings import TOPIC_COMPLETIONS, TOPIC_FEEDBACK
 from flywheel.store import ModelStore
 from tests.conftest import ADMIN_KEY, free_port, serving_env, start_process, stop_process, wait_ready
-from tests.serving.versions import announce, make_lora_version
+from tests.serving.versions import make_lora_version
 from tests.trainer.conftest import TrainerProcess, fast_env
 from tests.trainer.synthetic import completion, feedback
 from tests.web.conftest import PageStack
@@ -98,7 +99,7 @@ def ops_stack(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Ops
 
 def publish(stack: OpsStack, tiny_model: Path, version: str, seed: int, parent: str) -> None:
     manifest = make_lora_version(tiny_model, stack.store, version, seed=seed, parent=parent)
-    announce(stack.bootstrap, stack.store, manifest)
+    announce(stack.bootstrap, manifest)
     stack.wait_policy(lambda s: s["canary_version"] == version, f"{version} as canary")
 
 
