@@ -252,82 +252,39 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from flywheel.models import resolve_model
-    from flywheel.settings import PLACEHOLDER_SECRET, ServingSettings
-    from flywheel.supervisor import Child, Supervisor, http_ready, python_cli, tcp_ready
+    from flywheel.settings import ServingSettings
+    from flywheel.supervisor import Ports, up
 
-    settings = ServingSettings(**_overrides(args, ["model", "data_dir"]))
-    data_dir = settings.data_dir.resolve()
-    model = resolve_model(settings.model, data_dir / "models")  # converts the default once, with progress
-    kafka = f"127.0.0.1:{args.broker_port}"
-    serving_url = f"http://127.0.0.1:{args.serving_port}"
-    feedback_url = f"http://127.0.0.1:{args.feedback_port}"
-    trainer_url = f"http://127.0.0.1:{args.trainer_port}"
-    env = {
-        "FLYWHEEL_DATA_DIR": str(data_dir),
-        "FLYWHEEL_KAFKA_BOOTSTRAP": kafka,
-        # The pages (served by serving) call feedback and the trainer from the browser: serving must
-        # know where they are, and they must allow serving's origin (CORS).
-        "FLYWHEEL_FEEDBACK_PUBLIC_URL": feedback_url,
-        "FLYWHEEL_TRAINER_PUBLIC_URL": trainer_url,
-        "FLYWHEEL_CORS_ORIGINS": f"{serving_url},http://localhost:{args.serving_port}",
-    }
-    children = [
-        Child(
-            "broker",
-            python_cli("broker", "--port", str(args.broker_port)),
-            tcp_ready("127.0.0.1", args.broker_port),
-            kafka,
-            env,
-        ),
-        Child(
-            "serving",
-            python_cli(
-                "serve", "--model", model, "--port", str(args.serving_port), "--grpc-port", str(args.serving_grpc_port)
-            ),
-            http_ready(f"{serving_url}/readyz"),
-            serving_url,
-            env,
-        ),
-        Child(
-            "feedback",
-            python_cli("feedback", "--port", str(args.feedback_port), "--grpc-port", str(args.feedback_grpc_port)),
-            http_ready(f"{feedback_url}/readyz"),
-            f"{feedback_url} (gRPC :{args.feedback_grpc_port})",
-            env,
-        ),
-        Child(
-            "trainer",
-            python_cli(
-                "train", "--model", model, "--port", str(args.trainer_port), "--grpc-port", str(args.trainer_grpc_port)
-            ),
-            http_ready(f"{trainer_url}/readyz"),
-            f"{trainer_url}/status (gRPC :{args.trainer_grpc_port})",
-            env,
-        ),
-    ]
+    names = ("broker", "serving", "serving_grpc", "feedback", "feedback_grpc", "trainer", "trainer_grpc")
+    ports = Ports(**{name: getattr(args, f"{name}_port") for name in names})
+    return up(ServingSettings(**_overrides(args, ["model", "data_dir"])), ports)
 
-    admin_key_hint = (
-        f"admin key: {PLACEHOLDER_SECRET!r}, the local placeholder; set FLYWHEEL_ADMIN_KEY to change it"
-        if settings.admin_key.get_secret_value() == PLACEHOLDER_SECRET
-        else "admin key: the value of FLYWHEEL_ADMIN_KEY"
-    )
 
-    def announce() -> None:
-        print(  # noqa: T201
-            f"\nFlywheel is up.\n  chat page:     {serving_url}/\n"
-            f"  operator page: {serving_url}/ops ({admin_key_hint})\n"
-            f"  chat API:      {serving_url}/v1/chat/completions\n"
-            f"  feedback API:  {feedback_url}/v1/feedback, /v1/comparisons (gRPC 127.0.0.1:{args.feedback_grpc_port})\n"
-            f"  trainer:       {trainer_url}/status (flywheel status; gRPC 127.0.0.1:{args.trainer_grpc_port})\n"
-            f"  roll-out:      {serving_url}/v1/policy (flywheel versions | promote | rollback | canary;"
-            f" gRPC 127.0.0.1:{args.serving_grpc_port})\n"
-            f"  metrics:       {serving_url}/metrics, {feedback_url}/metrics, {trainer_url}/metrics\n"
-            f"  Kafka:         {kafka}\n"
-            f"  logs:          {data_dir / 'logs'}\nCtrl-C stops everything."
-        )
+def reference_pages(docs: Path) -> dict[Path, str]:
+    """The generated tables of docs/configuration.md and docs/metrics.md, from the settings and metrics."""
+    from feedback.metrics import FeedbackMetrics
+    from flywheel.reference import configuration, metrics
+    from flywheel.settings import FeedbackSettings, ServingSettings, TrainerSettings
+    from serving.metrics import ServingMetrics
+    from trainer.metrics import TrainerMetrics
 
-    return Supervisor(children, data_dir / "logs").run(on_ready=announce)
+    services = {"Serving": ServingSettings, "Feedback": FeedbackSettings, "Trainer": TrainerSettings}
+    registries = {"Serving": ServingMetrics().registry, "Feedback": FeedbackMetrics().registry,
+                  "Trainer": TrainerMetrics().registry}  # fmt: skip
+    return {docs / "configuration.md": configuration(services), docs / "metrics.md": metrics(registries)}
+
+
+def cmd_reference(args: argparse.Namespace) -> int:
+    from flywheel.reference import update
+
+    try:
+        stale = update(reference_pages(args.docs), check=args.check)
+    except (OSError, ValueError) as exc:
+        print(f"flywheel: {exc}", file=sys.stderr)  # noqa: T201
+        return 1
+    for path in stale:
+        print(f"{path}: {'out of date' if args.check else 'written'}")  # noqa: T201
+    return 1 if stale and args.check else 0
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -460,6 +417,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", type=Path, default=Path(".flywheel/simulation"), help="where the report goes")
     sim.add_argument("--seed", type=int, default=0, help="seeds prompts, comparison turns and noise")
     sim.set_defaults(func=cmd_simulate)
+
+    reference = verbs.add_parser("reference", help="write the settings and metrics tables in docs/ from the code")
+    reference.add_argument("--docs", type=Path, default=Path(__file__).resolve().parent.parent / "docs")
+    reference.add_argument("--check", action="store_true", help="change nothing; exit 1 when a table is out of date")
+    reference.set_defaults(func=cmd_reference)
 
     prepare = verbs.add_parser("prepare-model", help="convert the default model from its GGUF (once)")
     prepare.add_argument("--data-dir", dest="data_dir", type=Path)

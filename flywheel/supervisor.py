@@ -23,6 +23,7 @@ from rich.live import Live
 from rich.table import Table
 
 from flywheel.broker import port_open
+from flywheel.settings import ServingSettings
 
 log = logging.getLogger(__name__)
 
@@ -174,3 +175,97 @@ class Supervisor:
 
 def python_cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "flywheel.cli", *args]
+
+
+# -- `flywheel up`
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Where `flywheel up` puts each service on 127.0.0.1."""
+
+    broker: int
+    serving: int
+    serving_grpc: int
+    feedback: int
+    feedback_grpc: int
+    trainer: int
+    trainer_grpc: int
+
+
+def up(settings: ServingSettings, ports: Ports) -> int:
+    """Broker, serving, feedback and trainer as children of one supervisor, until Ctrl-C."""
+    from flywheel.models import resolve_model
+    from flywheel.settings import PLACEHOLDER_SECRET
+
+    data_dir = settings.data_dir.resolve()
+    model = resolve_model(settings.model, data_dir / "models")  # converts the default once, with progress
+    kafka = f"127.0.0.1:{ports.broker}"
+    serving_url = f"http://127.0.0.1:{ports.serving}"
+    feedback_url = f"http://127.0.0.1:{ports.feedback}"
+    trainer_url = f"http://127.0.0.1:{ports.trainer}"
+    env = {
+        "FLYWHEEL_DATA_DIR": str(data_dir),
+        "FLYWHEEL_KAFKA_BOOTSTRAP": kafka,
+        # The pages (served by serving) call feedback and the trainer from the browser: serving must
+        # know where they are, and they must allow serving's origin (CORS).
+        "FLYWHEEL_FEEDBACK_PUBLIC_URL": feedback_url,
+        "FLYWHEEL_TRAINER_PUBLIC_URL": trainer_url,
+        "FLYWHEEL_CORS_ORIGINS": f"{serving_url},http://localhost:{ports.serving}",
+    }
+    children = [
+        Child(
+            "broker",
+            python_cli("broker", "--port", str(ports.broker)),
+            tcp_ready("127.0.0.1", ports.broker),
+            kafka,
+            env,
+        ),
+        Child(
+            "serving",
+            python_cli(
+                "serve", "--model", model, "--port", str(ports.serving), "--grpc-port", str(ports.serving_grpc)
+            ),
+            http_ready(f"{serving_url}/readyz"),
+            serving_url,
+            env,
+        ),
+        Child(
+            "feedback",
+            python_cli("feedback", "--port", str(ports.feedback), "--grpc-port", str(ports.feedback_grpc)),
+            http_ready(f"{feedback_url}/readyz"),
+            f"{feedback_url} (gRPC :{ports.feedback_grpc})",
+            env,
+        ),
+        Child(
+            "trainer",
+            python_cli(
+                "train", "--model", model, "--port", str(ports.trainer), "--grpc-port", str(ports.trainer_grpc)
+            ),
+            http_ready(f"{trainer_url}/readyz"),
+            f"{trainer_url}/status (gRPC :{ports.trainer_grpc})",
+            env,
+        ),
+    ]
+
+    admin_key_hint = (
+        f"admin key: {PLACEHOLDER_SECRET!r}, the local placeholder; set FLYWHEEL_ADMIN_KEY to change it"
+        if settings.admin_key.get_secret_value() == PLACEHOLDER_SECRET
+        else "admin key: the value of FLYWHEEL_ADMIN_KEY"
+    )
+
+    def announce() -> None:
+        print(  # noqa: T201
+            f"\nFlywheel is up.\n  chat page:     {serving_url}/\n"
+            f"  operator page: {serving_url}/ops ({admin_key_hint})\n"
+            f"  chat API:      {serving_url}/v1/chat/completions\n"
+            f"  feedback API:  {feedback_url}/v1/feedback, /v1/comparisons (gRPC 127.0.0.1:{ports.feedback_grpc})\n"
+            f"  trainer:       {trainer_url}/status (flywheel status; gRPC 127.0.0.1:{ports.trainer_grpc})\n"
+            f"  roll-out:      {serving_url}/v1/policy (flywheel versions | promote | rollback | canary;"
+            f" gRPC 127.0.0.1:{ports.serving_grpc})\n"
+            f"  metrics:       {serving_url}/metrics, {feedback_url}/metrics, {trainer_url}/metrics\n"
+            f"  Kafka:         {kafka}\n"
+            f"  logs:          {data_dir / 'logs'}\nCtrl-C stops everything."
+        )
+
+    return Supervisor(children, data_dir / "logs").run(on_ready=announce)

@@ -3,6 +3,7 @@
 Takes its engine, tokenizer, policy router, token signer, event publisher and metrics as
 constructor arguments; knows nothing about HTTP. Every finished response (streamed or not)
 publishes exactly one Completion event, stamped with the policy version that produced it.
+The request's checks are serving/sampling.py's; what a response is made of, serving/outputs.py's.
 """
 
 from __future__ import annotations
@@ -15,27 +16,23 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from vllm import SamplingParams
-from vllm.entrypoints.generate.base.protocol import structured_outputs_from_response_format
-from vllm.exceptions import VLLMValidationError
 from vllm.inputs import TokensPrompt
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from flywheel.errors import APIError
-from flywheel.events import SCHEMA_VERSION, new_event_id, timestamp_now
 from flywheel.limits import RateLimiter
 from flywheel.publisher import BufferedPublisher
 from flywheel.settings import ServingSettings
 from flywheel.tokens import FeedbackToken
-from flywheel.v1 import events_pb2
 from serving.metrics import ServingMetrics
+from serving.outputs import ChoiceState, MergedOutputs, Prepared, choice_logprobs, completion_event
 from serving.policy import PolicyRouter, ServedPolicy, UnknownPolicyVersion
 from serving.protocol import (
-    UNHONOURED,
     AssistantMessage,
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -44,50 +41,12 @@ from serving.protocol import (
     ChoiceLogprobs,
     DeltaMessage,
     StreamChoice,
-    TokenLogprob,
-    TopLogprob,
     Usage,
 )
+from serving.sampling import check_limits, logit_bias, structured_outputs
+from serving.sampling import prompt_ids as request_prompt_ids
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Outputs:
-    """Outputs of several engine requests merged as one (compare mode): what the consumers read."""
-
-    outputs: list[CompletionOutput]
-
-
-@dataclass
-class _ChoiceState:
-    """What one choice has produced so far (streamed deltas are accumulated here)."""
-
-    index: int
-    text: str = ""
-    token_ids: list[int] = field(default_factory=list)
-    token_logprobs: list[float] = field(default_factory=list)
-    finish_reason: str | None = None
-    started: bool = False
-
-
-@dataclass
-class _Prepared:
-    completion_id: str
-    user_id: str
-    policy: ServedPolicy
-    prompt_ids: list[int]
-    sampling: SamplingParams
-    request: ChatCompletionRequest
-    model_name: str
-    created: int
-    started_at: float
-    choices: dict[int, _ChoiceState]
-    choice_policies: list[ServedPolicy] = field(default_factory=list)  # compare mode: one version per choice
-    first_token_at: float | None = None
-
-    def policy_of(self, index: int) -> ServedPolicy:
-        return self.choice_policies[index] if self.choice_policies else self.policy
 
 
 class ChatService:
@@ -113,84 +72,6 @@ class ChatService:
 
     # -- preparation: every check that can fail happens before generation starts
 
-    def _prompt_ids(self, request: ChatCompletionRequest) -> list[int]:
-        messages = [{"role": m.role, "content": m.text()} for m in request.messages]
-        if all(not m["content"].strip() for m in messages):
-            raise APIError(400, "messages must contain some non-empty content", param="messages", code="empty_messages")
-        if request.messages[-1].role == "assistant":
-            raise APIError(
-                400, "the last message must not be from the assistant", param="messages", code="invalid_value"
-            )
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def _refuse_unhonoured(self, request: ChatCompletionRequest) -> None:
-        """A 400 naming the first field asked for that this server cannot honour (see UNHONOURED)."""
-        for name in request.unhonoured():
-            why = f"this server does not offer {UNHONOURED[name]}"
-            if name in ("tools", "tool_choice", "parallel_tool_calls"):
-                template = getattr(self.tokenizer, "chat_template", None) or ""
-                why += (" yet" if "tools" in template else
-                        ": the served model's chat template has no tools")  # fmt: skip
-            raise APIError(400, f"{name} cannot be honoured: {why}", param=name, code="unsupported_parameter")
-
-    def _structured_outputs(self, request: ChatCompletionRequest):
-        """vLLM's structured-output constraint for `response_format`, checked now (a bad schema is a 400)."""
-        response_format = request.response_format
-        if response_format is None or response_format.type == "text":
-            return None
-        if response_format.type == "json_schema" and (
-            response_format.json_schema is None or response_format.json_schema.json_schema is None
-        ):
-            raise APIError(400, "response_format of type json_schema needs json_schema.schema", param="response_format")
-        constraint = structured_outputs_from_response_format(None, response_format)
-        from vllm.v1.structured_output.backend_xgrammar import validate_xgrammar_grammar
-
-        try:
-            validate_xgrammar_grammar(SamplingParams(structured_outputs=constraint))
-        except (VLLMValidationError, ValueError) as exc:
-            raise APIError(400, f"response_format: {exc}", param="response_format") from None
-        return constraint
-
-    def _logit_bias(self, request: ChatCompletionRequest) -> dict[int, float] | None:
-        if not request.logit_bias:
-            return None
-        bias = {int(token): value for token, value in request.logit_bias.items()}
-        vocabulary = len(self.tokenizer)
-        outside = sorted(token for token in bias if token >= vocabulary)
-        if outside:
-            raise APIError(400, f"logit_bias names token ids outside the vocabulary (size {vocabulary}): "
-                                f"{outside[:5]}", param="logit_bias")  # fmt: skip
-        return bias
-
-    def _check_limits(self, request: ChatCompletionRequest) -> None:
-        s = self.settings
-        self._refuse_unhonoured(request)
-        if request.n > s.max_n:
-            raise APIError(400, f"n must be at most {s.max_n}, got {request.n}", param="n", code="n_too_large")
-        if request.n > 1 and request.temperature == 0 and not request.compare_versions:
-            raise APIError(400, "n must be 1 with temperature 0 (greedy decoding gives one answer)", param="n")
-        if request.compare_versions:
-            if request.n != 2:
-                raise APIError(400, f"compare_versions needs n=2, got n={request.n}", param="n")
-            if request.policy_version is not None:
-                raise APIError(400, "compare_versions and policy_version exclude each other", param="policy_version")
-        if len(request.messages) > s.max_messages:
-            raise APIError(400, f"at most {s.max_messages} messages per request", param="messages")
-        max_tokens = request.requested_max_tokens()
-        if max_tokens is not None and max_tokens > s.max_tokens_limit:
-            raise APIError(
-                400,
-                f"max_tokens must be at most {s.max_tokens_limit}, got {max_tokens}",
-                param="max_tokens",
-                code="max_tokens_too_large",
-            )
-        if request.top_logprobs is not None:
-            if not request.logprobs:
-                raise APIError(400, "top_logprobs requires logprobs=true", param="top_logprobs")
-            if request.top_logprobs > s.max_top_logprobs:
-                raise APIError(400, f"top_logprobs must be at most {s.max_top_logprobs}", param="top_logprobs")
-
     def _admit(self, user_id: str, tokens: int) -> None:
         """Bound what one client can queue: the engine's queue (503), each user's requests and tokens (429)."""
         s = self.settings
@@ -203,8 +84,8 @@ class ChatService:
                 raise APIError(429, f"too many {what} from this user; retry in {wait:.1f} s", type_="rate_limit_error",
                                code="rate_limited", headers={"Retry-After": str(max(1, math.ceil(wait)))})  # fmt: skip
 
-    def prepare(self, request: ChatCompletionRequest, user_id: str, stream: bool) -> _Prepared:
-        self._check_limits(request)
+    def prepare(self, request: ChatCompletionRequest, user_id: str, stream: bool) -> Prepared:
+        check_limits(request, self.settings, self.tokenizer)
         try:
             policy = self.router.pick_version(user_id, request.policy_version)
         except UnknownPolicyVersion as exc:
@@ -216,7 +97,7 @@ class ChatService:
             random.shuffle(choice_policies)  # neither side always first
         elif request.compare_versions and request.temperature == 0:
             raise APIError(400, "no canary to compare with now; greedy decoding would give one answer twice", param="n")
-        prompt_ids = self._prompt_ids(request)
+        prompt_ids = request_prompt_ids(request, self.tokenizer)
         room = self.settings.max_model_len - len(prompt_ids)
         max_tokens = request.requested_max_tokens()
         if room < 1 or (max_tokens is not None and max_tokens > room):
@@ -229,8 +110,8 @@ class ChatService:
             )
         if max_tokens is None:
             max_tokens = min(self.settings.default_max_tokens, room)
-        structured_outputs = self._structured_outputs(request)
-        logit_bias = self._logit_bias(request)
+        constraint = structured_outputs(request)
+        bias = logit_bias(request, self.tokenizer)
         self._admit(user_id, max_tokens * request.n)
         sampling = SamplingParams(
             n=1 if choice_policies else request.n,  # compare mode: one engine request per choice
@@ -243,11 +124,11 @@ class ChatService:
             frequency_penalty=request.frequency_penalty,
             ignore_eos=request.ignore_eos,
             logprobs=(request.top_logprobs or 0) if request.logprobs else None,
-            structured_outputs=structured_outputs,
-            logit_bias=logit_bias,
+            structured_outputs=constraint,
+            logit_bias=bias,
             output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
         )
-        return _Prepared(
+        return Prepared(
             completion_id=f"chatcmpl-{uuid.uuid4().hex}",
             user_id=user_id,
             policy=policy,
@@ -258,13 +139,13 @@ class ChatService:
             model_name=self.settings.served_model_name,
             created=int(time.time()),
             started_at=time.perf_counter(),
-            choices={i: _ChoiceState(index=i) for i in range(request.n)},
+            choices={i: ChoiceState(index=i) for i in range(request.n)},
             choice_policies=choice_policies,
         )
 
     # -- generation
 
-    def _still_served(self, prep: _Prepared) -> None:
+    def _still_served(self, prep: Prepared) -> None:
         """Pick again where the engine's weights changed since `prepare` and the version went with them."""
         router = self.router
         if prep.policy.version not in router.loaded:
@@ -277,7 +158,7 @@ class ChatService:
             canary = router.canary if router.canary is not None else router.stable
             prep.choice_policies = random.sample([router.stable, canary], 2)
 
-    async def _generate(self, prep: _Prepared) -> AsyncIterator[RequestOutput]:
+    async def _generate(self, prep: Prepared) -> AsyncIterator[RequestOutput]:
         # The version stays loaded until this request is over (finished, aborted or disconnected).
         await self.router.wait_open()
         self._still_served(prep)  # and from here the request counts as in flight: no await in between
@@ -294,9 +175,9 @@ class ChatService:
             ):
                 yield output
 
-    async def _generate_per_choice(self, prep: _Prepared) -> AsyncIterator[_Outputs]:
+    async def _generate_per_choice(self, prep: Prepared) -> AsyncIterator[MergedOutputs]:
         """Compare mode: one engine request per choice, each on its own version, merged as they come."""
-        queue: asyncio.Queue[_Outputs | BaseException | None] = asyncio.Queue()
+        queue: asyncio.Queue[MergedOutputs | BaseException | None] = asyncio.Queue()
 
         async def run(index: int, policy: ServedPolicy) -> None:
             try:
@@ -306,7 +187,7 @@ class ChatService:
                     f"{prep.completion_id}-{index}",
                     lora_request=policy.lora,
                 ):
-                    await queue.put(_Outputs([replace(piece, index=index) for piece in output.outputs]))
+                    await queue.put(MergedOutputs([replace(piece, index=index) for piece in output.outputs]))
             except BaseException as exc:  # handed to the consumer, which re-raises it
                 await queue.put(exc)
             finally:
@@ -332,7 +213,7 @@ class ChatService:
             await asyncio.gather(*tasks, return_exceptions=True)
             busy.close()
 
-    def _absorb(self, prep: _Prepared, output: CompletionOutput) -> tuple[_ChoiceState, ChoiceLogprobs | None]:
+    def _absorb(self, prep: Prepared, output: CompletionOutput) -> tuple[ChoiceState, ChoiceLogprobs | None]:
         state = prep.choices[output.index]
         if prep.first_token_at is None and output.token_ids:
             prep.first_token_at = time.perf_counter()
@@ -341,41 +222,16 @@ class ChatService:
         state.token_ids.extend(output.token_ids)
         logprobs = None
         if output.logprobs is not None and prep.request.logprobs:
-            logprobs = self._logprobs(output, prep.request.top_logprobs or 0)
+            logprobs = choice_logprobs(output, prep.request.top_logprobs or 0, self.tokenizer)
             state.token_logprobs.extend(entry.logprob for entry in logprobs.content or [])
         if output.finish_reason is not None:
             state.finish_reason = output.finish_reason
         return state, logprobs
 
-    def _logprobs(self, output: CompletionOutput, top: int) -> ChoiceLogprobs:
-        content = []
-        for token_id, candidates in zip(output.token_ids, output.logprobs or [], strict=False):
-            chosen = candidates[token_id]
-            ranked = sorted(candidates.items(), key=lambda item: item[1].rank or 0)[:top]
-            content.append(
-                TokenLogprob(
-                    token=self._token_text(token_id, chosen.decoded_token),
-                    logprob=max(chosen.logprob, -9999.0),
-                    bytes=list(self._token_text(token_id, chosen.decoded_token).encode("utf-8")),
-                    top_logprobs=[
-                        TopLogprob(
-                            token=self._token_text(tid, lp.decoded_token),
-                            logprob=max(lp.logprob, -9999.0),
-                            bytes=list(self._token_text(tid, lp.decoded_token).encode("utf-8")),
-                        )
-                        for tid, lp in ranked
-                    ],
-                )
-            )
-        return ChoiceLogprobs(content=content)
-
-    def _token_text(self, token_id: int, decoded: str | None) -> str:
-        return decoded if decoded is not None else self.tokenizer.decode([token_id])
-
-    def _feedback_token(self, prep: _Prepared, index: int) -> str:
+    def _feedback_token(self, prep: Prepared, index: int) -> str:
         return self.tokens.issue(prep.completion_id, index, prep.request.n, prep.user_id, prep.policy_of(index).version)
 
-    async def complete(self, prep: _Prepared) -> ChatCompletionResponse:
+    async def complete(self, prep: Prepared) -> ChatCompletionResponse:
         final: RequestOutput | None = None
         logprobs: dict[int, ChoiceLogprobs | None] = {}
         try:
@@ -406,7 +262,7 @@ class ChatService:
             policy_version=prep.policy.version,
         )
 
-    async def stream(self, prep: _Prepared) -> AsyncIterator[str]:
+    async def stream(self, prep: Prepared) -> AsyncIterator[str]:
         """Server-sent events: one chunk per delta, `data: [DONE]` last."""
         include_usage = bool(prep.request.stream_options and prep.request.stream_options.include_usage)
         completed = False
@@ -442,7 +298,7 @@ class ChatService:
                 # when this generator closes; the partial response is still recorded.
                 self._finish(prep, outcome="aborted")
 
-    def _chunk(self, prep: _Prepared, choices: list[StreamChoice], usage: Usage | None = None) -> ChatCompletionChunk:
+    def _chunk(self, prep: Prepared, choices: list[StreamChoice], usage: Usage | None = None) -> ChatCompletionChunk:
         return ChatCompletionChunk(
             id=prep.completion_id,
             created=prep.created,
@@ -458,7 +314,7 @@ class ChatService:
 
     # -- bookkeeping once a response is over
 
-    def _finish(self, prep: _Prepared, outcome: str) -> Usage:
+    def _finish(self, prep: Prepared, outcome: str) -> Usage:
         completion_tokens = sum(len(s.token_ids) for s in prep.choices.values())
         usage = Usage(
             prompt_tokens=len(prep.prompt_ids),
@@ -473,48 +329,6 @@ class ChatService:
             for state in prep.choices.values():
                 state.finish_reason = state.finish_reason or "abort"
         if self.publisher is not None:
-            event = self._completion_event(prep, usage)
+            event = completion_event(prep, usage)
             self.publisher.publish(prep.completion_id, event.SerializeToString())
         return usage
-
-    def _completion_event(self, prep: _Prepared, usage: Usage) -> events_pb2.Completion:
-        request = prep.request
-        sampling = events_pb2.SamplingParameters(
-            temperature=request.temperature,
-            top_p=request.top_p,
-            max_tokens=prep.sampling.max_tokens or 0,
-            stop=request.stop_list(),
-            n=request.n,
-            logprobs=request.logprobs,
-            top_logprobs=request.top_logprobs or 0,
-        )
-        if request.seed is not None:
-            sampling.seed = request.seed
-        return events_pb2.Completion(
-            event_id=new_event_id(),
-            created_at=timestamp_now(),
-            schema_version=SCHEMA_VERSION,
-            completion_id=prep.completion_id,
-            user_id=prep.user_id,
-            policy_version=prep.policy.version,
-            model=prep.model_name,
-            messages=[events_pb2.ChatMessage(role=m.role, content=m.text()) for m in request.messages],
-            choices=[
-                events_pb2.CompletionChoice(
-                    index=s.index,
-                    text=s.text,
-                    finish_reason=s.finish_reason or "",
-                    token_ids=s.token_ids,
-                    token_logprobs=s.token_logprobs,
-                    policy_version=prep.policy_of(s.index).version,
-                )
-                for s in prep.choices.values()
-            ],
-            sampling=sampling,
-            prompt_token_ids=prep.prompt_ids,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            stream=request.stream,
-            latency_seconds=time.perf_counter() - prep.started_at,
-            pinned=request.policy_version is not None,
-        )

@@ -11,7 +11,7 @@ from pydantic import SecretStr
 from flywheel.grpc_server import require_admin
 from flywheel.grpc_server import start_grpc_server as start_server
 from flywheel.v1 import trainer_pb2, trainer_pb2_grpc
-from trainer.round import RoundResult
+from trainer.context import RoundResult
 from trainer.service import TrainerService, TrainerStatus
 
 log = logging.getLogger(__name__)

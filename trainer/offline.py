@@ -8,11 +8,12 @@ from pathlib import Path
 from flywheel.hh import MalformedDialogue, split_pair
 from flywheel.settings import TrainerSettings
 from flywheel.store import ModelStore
+from trainer.context import REWARD_MODEL_KEY
 from trainer.dataset import DatasetStore
 from trainer.pairs import Pair, build_pairs
 from trainer.records import prompt_key
 from trainer.reward import load_reward_model
-from trainer.round import REWARD_MODEL_KEY, heldout_slice
+from trainer.round import heldout_slice
 
 
 def _hh(messages, answer: str) -> str:

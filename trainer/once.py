@@ -44,7 +44,7 @@ def remote_round(address: str, settings: TrainerSettings, reward_only: bool) -> 
     import grpc
 
     from flywheel.v1 import trainer_pb2, trainer_pb2_grpc
-    from trainer.round import RoundResult
+    from trainer.context import RoundResult
 
     metadata = [("authorization", f"Bearer {settings.admin_key.get_secret_value()}")]
     with grpc.insecure_channel(address) as channel:

@@ -10,17 +10,16 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-import shutil
 import time
-from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from flywheel.channel import ADAPTER_KIND
 from flywheel.rollout import parent_of, read_snapshot
-from flywheel.settings import RewardSection, TrainerSettings
+from flywheel.settings import TrainerSettings
 from flywheel.store import Manifest, ModelStore
+from trainer.candidates import candidates, current_candidate, keep_candidate
+from trainer.context import RoundContext, RoundResult, step_logger
 from trainer.dataset import DatasetStore
 from trainer.dpo import run_dpo
 from trainer.evaluate import (
@@ -28,42 +27,15 @@ from trainer.evaluate import (
     measure_policy,
     policy_gate,
     reward_gain,
-    reward_model_gate,
     sample_answers,
 )  # fmt: skip
 from trainer.metrics import TrainerMetrics
 from trainer.pairs import HeldOut, Messages, PairSet, build_pairs, continuation_pairs
 from trainer.ppo import PolicyTraining, encode_prompts, load_policy, run_ppo
-from trainer.reward import RewardModel, load_reward_model, load_tokenizer, prompt_ids, train_reward_model
+from trainer.reward import RewardModel, load_tokenizer, prompt_ids
+from trainer.reward_update import update_reward_model
 
 log = logging.getLogger(__name__)
-
-REWARD_MODEL_KEY = "reward_model"
-CANDIDATE_KEY = "policy_candidate"
-
-
-@dataclass
-class RoundContext:
-    """What a round works with; the service owns it, tests build it by hand."""
-
-    settings: TrainerSettings
-    base_model: str
-    dataset: DatasetStore
-    policies: ModelStore
-    reward_models: ModelStore
-    announce: Callable[[Manifest], None]  # sends the version's PolicyPublished (flywheel.channel)
-    metrics: TrainerMetrics = field(default_factory=TrainerMetrics)
-    # The version the roll-out says to train from (RolloutController.parent); None: read the snapshot.
-    parent: Callable[[], str | None] | None = None
-
-
-@dataclass
-class RoundResult:
-    round: int
-    outcome: str  # published | gate_failed | skipped | reward_updated | failed
-    reason: str = ""
-    version: str = ""
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 class _Phases:
@@ -83,14 +55,6 @@ class _Phases:
             seconds = time.monotonic() - started
             self.metrics.phase_seconds.labels(name).observe(seconds)
             self.summary[f"seconds_{name}"] = seconds
-
-
-def _step_logger(what: str) -> Callable[[int, int, dict], None]:
-    def report(step: int, total: int, logs: dict) -> None:
-        shown = " ".join(f"{k}={v:.4g}" for k, v in logs.items() if isinstance(v, float))
-        log.info("%s step %d/%d %s", what, step, total, shown)
-
-    return report
 
 
 def current_policy(ctx: RoundContext) -> tuple[str, Path | None]:
@@ -283,125 +247,6 @@ def run_round(ctx: RoundContext, reward_only: bool = False) -> RoundResult:
         return finish("failed", f"{type(exc).__name__}: {exc}")
 
 
-@dataclass
-class RewardUpdate:
-    model: RewardModel | None  # what PPO scores with: the new model, else its predecessor, else none
-    version: str
-    refused: str = ""  # why the new model was refused ('' when it passed or none was trained)
-    trained: bool = False
-    accuracy: float = float("nan")
-    summary: dict[str, float] = field(default_factory=dict)
-
-
-def fresh_epochs(config: RewardSection, pairs: int) -> float:
-    """Epochs of a fresh reward model: `epochs`, or more when that would be under `min_steps` steps."""
-    return max(config.epochs, config.min_steps * config.batch_size / max(pairs, 1))
-
-
-def update_reward_model(ctx: RoundContext, pairs: PairSet, round_id: int) -> RewardUpdate:
-    """Train the round's reward model and gate it; the predecessor stays in use when it is refused.
-
-    The current model continues on the pairs new since it was trained, with as many older ones
-    replayed (`reward.continue_training`), so a round's cost follows the new feedback, not all of it;
-    the first model, or one after `continue_training` was turned off, is trained fresh on every pair.
-    """
-    settings, config = ctx.settings, ctx.settings.reward
-    previous = _previous_reward_model(ctx)
-    since = int(previous[1].extra.get("trained_through_seq", -1)) if previous else -1
-    continuing = previous is not None and config.continue_training and since >= 0
-    if continuing:
-        chosen = continuation_pairs(pairs.train, since, config.replay_ratio, config.max_pairs, settings.seed + round_id)
-        if not chosen:
-            log.info("no pair is new since reward model %s; it stays in use", previous[0])
-            return RewardUpdate(previous[2], previous[0])
-    else:
-        chosen = pairs.train[-config.max_pairs :]
-    training = train_reward_model(
-        ctx.base_model, chosen, config, settings.work_dir / f"round-{round_id}" / "reward", settings.seed,
-        _step_logger("reward model"), start_from=ctx.reward_models.path(previous[0]) if continuing else None,
-        epochs=config.continue_epochs if continuing else fresh_epochs(config, len(chosen)),
-    )  # fmt: skip
-    correct = training.reward_model.correct(pairs.heldout)
-    accuracy = sum(correct) / len(correct) if correct else float("nan")
-    summary = {"reward_loss": training.loss, "reward_accuracy": accuracy,
-               "reward_examples_per_s": training.examples_per_s, "reward_pairs": len(chosen),
-               "reward_continued": float(continuing)}  # fmt: skip
-    previous_correct = previous[2].correct(pairs.heldout) if previous and pairs.heldout else None
-    if previous_correct:
-        summary["reward_accuracy_previous"] = sum(previous_correct) / len(previous_correct)
-    summary["reward_heldout_pairs"] = len(correct)
-    refused = reward_model_gate(correct, previous_correct, config)
-    if refused:
-        if previous is None:
-            return RewardUpdate(None, "", refused, True, accuracy, summary)
-        log.info("reward model refused (%s); %s stays in use", refused, previous[0])
-        summary["reward_model_kept"] = 1.0
-        return RewardUpdate(previous[2], previous[0], refused, True, accuracy, summary)
-    version = f"rm-{round_id:04d}-{secrets.token_hex(2)}"
-    ctx.reward_models.publish(
-        version, training.peft_model.save_pretrained, parent=previous[0] if previous else "",
-        base_model=ctx.base_model, kind="reward", metrics={"heldout_accuracy": accuracy},
-        extra={"trained_through_seq": max(p.seq for p in pairs.train), "continued": continuing},
-    )  # fmt: skip
-    ctx.dataset.set_state(REWARD_MODEL_KEY, version)
-    return RewardUpdate(training.reward_model, version, "", True, accuracy, summary)
-
-
-def _previous_reward_model(ctx: RoundContext) -> tuple[str, Manifest, RewardModel] | None:
-    """The reward model in use (name, manifest, loaded), when there is one and it is intact."""
-    name = ctx.dataset.get_state(REWARD_MODEL_KEY)
-    if not name:
-        return None
-    try:
-        manifest = ctx.reward_models.verify(name)
-    except Exception as exc:
-        log.warning("previous reward model %s unusable: %s", name, exc)
-        return None
-    model = load_reward_model(ctx.base_model, ctx.reward_models.path(name), ctx.settings.reward.max_length)
-    return name, manifest, model
-
-
-def candidates(ctx: RoundContext) -> ModelStore:
-    """Trained policies not yet published: the next round's PPO continues from the newest."""
-    return ModelStore(ctx.settings.work_dir / "candidates")
-
-
-def current_candidate(ctx: RoundContext, parent_version: str) -> Manifest | None:
-    """The candidate to continue from: one trained from `parent_version` by an earlier round, intact."""
-    name = ctx.dataset.get_state(CANDIDATE_KEY)
-    if not name:
-        return None
-    try:
-        manifest = candidates(ctx).verify(name)
-    except Exception as exc:
-        log.warning("candidate %s unusable, starting from the parent: %s", name, exc)
-        return None
-    if manifest.parent != parent_version:
-        log.info("candidate %s was trained from %s, not %s; starting from the parent", name, manifest.parent,
-                 parent_version)  # fmt: skip
-        return None
-    log.info("PPO continues from candidate %s (%d rounds from %s)", name, manifest.extra.get("rounds", 1),
-             parent_version)  # fmt: skip
-    return manifest
-
-
-def keep_candidate(
-    ctx: RoundContext, policy, parent_version: str, round_id: int, summary: dict, extra: dict | None = None
-) -> None:  # fmt: skip
-    """Keep a refused round's policy for the next round to continue (None: keep none); older ones go."""
-    store, rounds = candidates(ctx), int(summary.get("candidate_rounds", 1))
-    name = ""
-    if policy is not None:
-        name = f"candidate-{round_id:04d}-{secrets.token_hex(2)}"
-        store.publish(name, policy.save_pretrained, parent=parent_version, base_model=ctx.base_model, kind=ADAPTER_KIND,
-                      extra={"rounds": rounds, "round": round_id, **(extra or {})})  # fmt: skip
-        log.info("kept %s: the next round continues from it (%d rounds from %s)", name, rounds, parent_version)
-    ctx.dataset.set_state(CANDIDATE_KEY, name)
-    for old in store.versions():
-        if old.version != name:
-            shutil.rmtree(store.path(old.version), ignore_errors=True)
-
-
 def train_policy(
     ctx: RoundContext, start: Path | None, start_manifest: Manifest | None, reward: RewardModel,
     prompts: list, train_pairs: list, round_id: int,
@@ -414,14 +259,14 @@ def train_policy(
     settings = ctx.settings
     work = settings.work_dir / f"round-{round_id}" / settings.algorithm
     if settings.algorithm == "ppo":
-        return run_ppo(ctx.base_model, start, reward, prompts, settings.ppo, work, settings.seed, _step_logger("ppo"))
+        return run_ppo(ctx.base_model, start, reward, prompts, settings.ppo, work, settings.seed, step_logger("ppo"))
     config = settings.dpo
     since = int(start_manifest.extra.get("trained_through_seq", -1)) if start and start_manifest else -1
     chosen = continuation_pairs(train_pairs, since, config.replay_ratio, config.max_pairs, settings.seed + round_id)
     if not chosen:
         raise NoNewPairs(f"no preference pair is new since the policy this round starts from (seq {since})")
     trained = run_dpo(ctx.base_model, start, chosen, config, settings.ppo.lora_rank, work, settings.seed,
-                      _step_logger("dpo"))  # fmt: skip
+                      step_logger("dpo"))  # fmt: skip
     trained.extra["trained_through_seq"] = max(p.seq for p in train_pairs)
     return trained
 

@@ -18,21 +18,14 @@ from kafka.errors import KafkaError
 from flywheel.channel import PolicySender
 from flywheel.settings import TrainerSettings
 from flywheel.store import Manifest, ModelStore
+from trainer.context import CANDIDATE_KEY, REWARD_MODEL_KEY, RoundContext, RoundResult
 from trainer.dataset import DatasetStore
 from trainer.ingest import Ingestor
 from trainer.lock import DatasetLock
 from trainer.metrics import TrainerMetrics
 from trainer.records import RoundRecord
 from trainer.rollout import RolloutController
-from trainer.round import (
-    CANDIDATE_KEY,
-    REWARD_MODEL_KEY,
-    RoundContext,
-    RoundResult,
-    available_pairs,
-    current_policy,
-    run_round,
-)
+from trainer.round import available_pairs, current_policy, run_round
 
 log = logging.getLogger(__name__)
 

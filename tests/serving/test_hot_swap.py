@@ -119,7 +119,7 @@ def test_ten_versions_swap_in_under_streaming_load_with_no_failed_request(swap_s
         try:
             await asyncio.sleep(2)
             for manifest in manifests:
-                await asyncio.to_thread(announce, module_broker.bootstrap, store, manifest)
+                await asyncio.to_thread(announce, module_broker.bootstrap, manifest)
                 await asyncio.to_thread(
                     wait_policy, swap_server, lambda s, v=manifest.version: s["canary_version"] == v,
                     f"{manifest.version} as canary",

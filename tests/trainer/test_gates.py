@@ -99,7 +99,7 @@ def test_policy_gate_treats_nan_as_failure():
 
 
 def test_a_fresh_reward_model_takes_its_epochs_or_at_least_its_minimum_of_steps():
-    from trainer.round import fresh_epochs
+    from trainer.reward_update import fresh_epochs
 
     config = RewardSection(epochs=1.0, min_steps=12, batch_size=8)
     assert fresh_epochs(config, 1000) == 1.0  # 125 steps

@@ -6,8 +6,9 @@ from flywheel.channel import ADAPTER_KIND, FULL_KIND
 from flywheel.rollout import RolloutState, write_snapshot
 from flywheel.store import ModelStore
 from tests.trainer.conftest import fast_settings
+from trainer.context import RoundContext
 from trainer.dataset import DatasetStore
-from trainer.round import RoundContext, current_policy
+from trainer.round import current_policy
 
 
 def publish(store: ModelStore, version: str, kind: str = ADAPTER_KIND, parent: str = "base") -> None:

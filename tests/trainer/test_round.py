@@ -17,12 +17,14 @@ from flywheel.store import Manifest, ModelStore
 from tests.trainer.conftest import fast_settings
 from tests.trainer.synthetic import completion, feedback, traffic
 from trainer import round as round_module
+from trainer.candidates import candidates
+from trainer.context import CANDIDATE_KEY, REWARD_MODEL_KEY, RoundContext
 from trainer.dataset import DatasetStore
 from trainer.evaluate import measure_policy
 from trainer.metrics import TrainerMetrics
 from trainer.ppo import encode_prompts, load_policy
 from trainer.reward import RewardModel, load_tokenizer
-from trainer.round import CANDIDATE_KEY, REWARD_MODEL_KEY, RoundContext, candidates, run_round
+from trainer.round import run_round
 
 pytestmark = pytest.mark.slow
 

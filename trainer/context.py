@@ -1,0 +1,49 @@
+"""What a round works with (RoundContext) and what it comes to (RoundResult), shared by its phases."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from flywheel.settings import TrainerSettings
+from flywheel.store import Manifest, ModelStore
+from trainer.dataset import DatasetStore
+from trainer.metrics import TrainerMetrics
+
+log = logging.getLogger(__name__)
+
+REWARD_MODEL_KEY = "reward_model"  # dataset state: the reward model in use
+CANDIDATE_KEY = "policy_candidate"  # dataset state: a refused round's policy the next round continues
+
+
+@dataclass
+class RoundContext:
+    """What a round works with; the service owns it, tests build it by hand."""
+
+    settings: TrainerSettings
+    base_model: str
+    dataset: DatasetStore
+    policies: ModelStore
+    reward_models: ModelStore
+    announce: Callable[[Manifest], None]  # sends the version's PolicyPublished (flywheel.channel)
+    metrics: TrainerMetrics = field(default_factory=TrainerMetrics)
+    # The version the roll-out says to train from (RolloutController.parent); None: read the snapshot.
+    parent: Callable[[], str | None] | None = None
+
+
+@dataclass
+class RoundResult:
+    round: int
+    outcome: str  # published | gate_failed | skipped | reward_updated | failed
+    reason: str = ""
+    version: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def step_logger(what: str) -> Callable[[int, int, dict], None]:
+    def report(step: int, total: int, logs: dict) -> None:
+        shown = " ".join(f"{k}={v:.4g}" for k, v in logs.items() if isinstance(v, float))
+        log.info("%s step %d/%d %s", what, step, total, shown)
+
+    return report
