@@ -25,24 +25,30 @@ from vllm import SamplingParams
 from vllm.inputs import TokensPrompt
 from vllm.lora.request import LoRARequest
 
-from flywheel.channel import ADAPTER_KIND, FULL_KIND, PolicyLog, decision_event, event_time
+from flywheel.channel import FULL_KIND, PolicyLog, decision_event, event_time
 from flywheel.rollout import fold, read_snapshot
 from flywheel.settings import ServingSettings
-from flywheel.store import ModelStore, StoreError
+from flywheel.store import ModelStore
 from flywheel.v1 import events_pb2
 from serving.metrics import ServingMetrics
+from serving.operator import OperatorActions
 from serving.policy import PolicyRouter, ServedPolicy
-from serving.versions import RefusedVersion, VersionInfo, check_version, tensor_specs
-from serving.weights import reload_in_place, wanted_weights
+from serving.versions import RefusedVersion, VersionInfo, check_version
+from serving.weights import FullWeightSwaps
 
 log = logging.getLogger(__name__)
 
 Action = events_pb2.RolloutAction
 CATCH_UP_S = 20.0
-DRAIN_S = 120.0  # longest wait for requests on the old weights to finish before a full-weight reload
 
 
-class PolicyReceiver:
+class PolicyReceiver(FullWeightSwaps, OperatorActions):
+    """One replica's side of the roll-out: folds the policy topic and converges the engine on it.
+
+    Full-weight reloads are serving/weights.py's (FullWeightSwaps); operators' verbs and views,
+    serving/operator.py's (OperatorActions).
+    """
+
     def __init__(
         self,
         engine,
@@ -142,49 +148,6 @@ class PolicyReceiver:
             self._evict()
             return policy
 
-    # -- operators' actions (PolicyService, the admin HTTP routes): (ok, message)
-
-    async def promote(self, version: str = "", reason: str = "") -> tuple[bool, str]:
-        version = version or self.state.canary
-        if not version:
-            return False, "there is no canary to promote; name a version"
-        if version == self.router.stable.version:
-            return False, f"{version} is already the stable version"
-        try:
-            if self._kind(version) == FULL_KIND:
-                await asyncio.to_thread(self._check_full, version)  # loaded when the decision is folded
-            elif version not in self.router.loaded:
-                await self.load(version)
-        except RefusedVersion as exc:
-            return False, str(exc)
-        event = decision_event(Action.ROLLOUT_ACTION_PROMOTE, version, state=self.state,
-                               reason=reason or "promoted by an operator", decided_by="operator")  # fmt: skip
-        return await self._decide(event, f"{version} is now stable")
-
-    async def rollback(self, reason: str = "") -> tuple[bool, str]:
-        canary = self.state.canary
-        if not canary:
-            return False, "there is no canary to roll back"
-        event = decision_event(Action.ROLLOUT_ACTION_ROLLBACK, canary, state=self.state,
-                               reason=reason or "rolled back by an operator", decided_by="operator")  # fmt: skip
-        return await self._decide(event, f"{canary} rolled back; {self.state.stable} serves everyone")
-
-    async def set_canary_fraction(self, fraction: float) -> tuple[bool, str]:
-        if not 0.0 <= fraction <= 1.0:
-            return False, f"the canary fraction must be between 0 and 1, not {fraction}"
-        event = decision_event(
-            Action.ROLLOUT_ACTION_SET_CANARY_FRACTION, self.state.canary, state=self.state,
-            reason="set by an operator", decided_by="operator", canary_fraction=fraction,
-        )  # fmt: skip
-        return await self._decide(event, f"canary fraction is now {fraction:g}")
-
-    async def _decide(self, event: events_pb2.PolicyEvent, done: str) -> tuple[bool, str]:
-        try:
-            await self.decide(event)
-        except KafkaError as exc:
-            return False, f"the decision could not be published to Kafka ({exc}); nothing changed"
-        return True, done
-
     # -- converging on the state
 
     async def _converge(self) -> None:
@@ -253,82 +216,6 @@ class PolicyReceiver:
         log.info("loaded %s in %.0f ms", version, 1000 * (time.perf_counter() - started))
         return policy
 
-    # -- full-weight versions
-
-    def _kind(self, version: str) -> str:
-        if version not in self._kinds:
-            try:
-                self._kinds[version] = self.store.manifest(version).kind
-            except StoreError:
-                return ADAPTER_KIND  # not in the store (yet): the adapter path refuses it with the reason
-        return self._kinds[version]
-
-    def _wanted_weights(self) -> str:
-        bucket = PolicyRouter.bucket(self.replica_id)
-        return wanted_weights(self.state, self._kind, self.refused, bucket, self.settings.policy_version)
-
-    async def _follow_weights(self) -> None:
-        while (wanted := self._wanted_weights()) != self.weights:
-            try:
-                await self._reload(wanted)
-            except RefusedVersion as exc:
-                if wanted == self.settings.policy_version:
-                    log.error("could not reload the base weights: %s", exc)
-                    return
-                await self._refuse(wanted, exc)  # folded at once: the next wanted weights differ
-
-    def _check_full(self, version: str) -> VersionInfo:
-        if self._served_specs is None:
-            if self.model_path is None:
-                raise RefusedVersion("kind", f"version {version} is full-weight; this replica has no base model path")
-            self._served_specs = tensor_specs(Path(self.model_path))
-        return check_version(self.store, version, self.settings.max_lora_rank, self._served_specs)
-
-    async def _reload(self, version: str) -> None:
-        """Swap the engine's weights for `version`'s, with no request running on either side of the swap."""
-        base = self.settings.policy_version
-        started = time.perf_counter()
-        if version == base:
-            info, path = self.versions.get(base, VersionInfo(base)), Path(self.model_path or "")
-        else:
-            info, path = await asyncio.to_thread(self._check_full, version), self.store.path(version)
-        router = self.router
-        router.close()  # new requests wait; those running finish on the weights they started on
-        try:
-            deadline = time.monotonic() + DRAIN_S
-            while router.in_flight and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            if router.in_flight:
-                log.warning("requests still running after %.0f s; reloading under them", DRAIN_S)
-            try:
-                paused = await reload_in_place(self.engine, path)
-            except Exception as exc:
-                self.metrics.swap_failures.inc()
-                raise RefusedVersion("load_failed", f"version {version}: the engine could not reload ({exc})") from None
-            router.loaded.pop(self.weights, None)
-            if version != base:  # adapters are trained on the base weights: none of them fits these
-                for name in [v for v, p in router.loaded.items() if p.lora is not None]:
-                    del router.loaded[name]
-            policy = ServedPolicy(version)
-            router.loaded[version] = policy
-            self.weights = version
-            if router.stable.version not in router.loaded:
-                router.stable = policy
-            if router.canary is not None and router.canary.version not in router.loaded:
-                router.canary = None
-        finally:
-            router.open()
-        await self._warm_up(policy)
-        info.loaded_at = time.time()
-        self.versions[version] = info
-        published = self._published_at.pop(version, None)
-        if published is not None:
-            info.swap_seconds = max(0.0, time.time() - published)
-            self.metrics.swap_seconds.observe(info.swap_seconds)
-        log.info(
-            "engine weights are now %s (%.2f s, engine paused %.2f s)", version, time.perf_counter() - started, paused
-        )
-
     async def _warm_up(self, policy: ServedPolicy) -> None:
         sampling = SamplingParams(max_tokens=1, temperature=0.0)
         request_id = f"warmup-{policy.version}-{uuid.uuid4().hex[:8]}"
@@ -380,54 +267,6 @@ class PolicyReceiver:
         m.policy_info.clear()
         for version in self.router.loaded:
             m.policy_info.labels(version, self.router.role(version)).set(1)
-
-    # -- what operators see
-
-    def status(self) -> dict:
-        router, state = self.router, self.state
-        return {
-            "replica_id": self.replica_id,
-            "stable_version": router.stable.version,
-            "canary_version": router.canary.version if router.canary else "",
-            "canary_fraction": router.canary_fraction,
-            "engine_weights": self.weights,
-            "loaded": [self._describe(v, router.role(v)) for v in router.loaded],
-            "refused": dict(self.refused),
-            "retired": dict(state.retired),
-        }
-
-    def _describe(self, version: str, role: str) -> dict:
-        info = self.versions.get(version, VersionInfo(version))
-        return {
-            "version": version,
-            "state": role,
-            "parent_version": info.parent,
-            "kind": info.kind or ("base" if version == self.settings.policy_version else ""),
-            "metrics": info.metrics,
-            "swap_seconds": info.swap_seconds,
-        }
-
-    def list_versions(self) -> list[dict]:
-        """Every version in the store (and the base), with its state on this replica."""
-        described = [self._describe(self.settings.policy_version, self.router.role(self.settings.policy_version))]
-        for manifest in self.store.versions():
-            v = manifest.version
-            if v in self.router.loaded and (self.router.role(v) != "loaded" or v not in self.state.retired):
-                role = self.router.role(v)
-            elif v in self.refused:
-                role = "refused"
-            elif v in self.state.retired:
-                role = "retired"
-            else:
-                role = "available"
-            entry = self._describe(v, role)
-            entry.update(parent_version=manifest.parent, kind=manifest.kind, metrics=dict(manifest.metrics))
-            entry["created_at"] = manifest.created_at
-            if v in self.state.retired:
-                entry["note"] = self.state.retired[v]
-            described.append(entry)
-        return described
-
 
 def receiver_store(settings: ServingSettings) -> ModelStore:
     """The model store as a reader sees it (replicas never write it)."""

@@ -4,7 +4,8 @@ Ingestion is idempotent by event id and by idempotency key (replays from Kafka o
 relay insert nothing), and one batch is one transaction, so the consumer may commit its offsets
 as soon as `ingest` returns. Feedback that arrives before its completion is stored anyway and
 joins when the completion comes: pairs are built by joining at read time.
-Knows nothing of Kafka; it takes (topic, bytes) records.
+It takes (topic, bytes) records and knows nothing of Kafka but the positions the ingestor keeps
+in it. Rounds and state are trainer/ledger.py's tables, the roll-out's signals trainer/signals.py's.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from google.protobuf.message import DecodeError
 
 from flywheel.settings import TOPIC_COMPLETIONS, TOPIC_FEEDBACK
 from flywheel.v1 import events_pb2
+from trainer.ledger import RoundLedger
 from trainer.records import (
     FEEDBACK_KINDS,
     SCHEMA,
@@ -30,16 +32,16 @@ from trainer.records import (
     IngestResult,
     RankedCompletion,
     RatedResponse,
-    RoundRecord,
     messages_from_json,
     prompt_key,
     seconds,
 )
+from trainer.signals import RolloutSignals
 
 log = logging.getLogger(__name__)
 
 
-class DatasetStore:
+class DatasetStore(RoundLedger, RolloutSignals):
     """SQLite in WAL mode; one connection guarded by a lock (ingestion and rounds share it)."""
 
     def __init__(self, path: Path) -> None:
@@ -250,7 +252,7 @@ class DatasetStore:
         rows = self._query("SELECT prompt_key FROM completions UNION SELECT prompt_key FROM external_pairs")
         return [key for (key,) in rows]
 
-    # -- counts, rounds and state
+    # -- counts
 
     def feedback_seq(self) -> int:
         """The seq of the newest feedback event stored (0 when none)."""
@@ -293,164 +295,6 @@ class DatasetStore:
             message = events_pb2.Completion() if topic == TOPIC_COMPLETIONS else events_pb2.FeedbackEvent()
             message.ParseFromString(payload)
             yield {"seq": seq, "topic": topic, "kind": kind, "event": MessageToDict(message)}
-
-    def begin_round(self, feedback_seq: int) -> int:
-        with self._transaction() as db:
-            cursor = db.execute(
-                "INSERT INTO rounds (started_at, outcome, feedback_seq) VALUES (?, 'running', ?)",
-                (time.time(), feedback_seq),
-            )
-            return cursor.lastrowid
-
-    def finish_round(self, round_id: int, outcome: str, reason: str, version: str, metrics: dict[str, float]) -> None:
-        with self._transaction() as db:
-            db.execute(
-                "UPDATE rounds SET finished_at=?, outcome=?, reason=?, version=?, metrics=? WHERE round=?",
-                (time.time(), outcome, reason, version, json.dumps(metrics), round_id),
-            )
-
-    def abandon_running_rounds(self) -> int:
-        """Mark rounds left 'running' by a killed trainer as failed; return how many."""
-        with self._transaction() as db:
-            cursor = db.execute(
-                "UPDATE rounds SET outcome='failed', reason='the trainer stopped during the round',"
-                " finished_at=? WHERE outcome='running'",
-                (time.time(),),
-            )
-            return cursor.rowcount
-
-    def rounds(self, limit: int = 20) -> list[RoundRecord]:
-        rows = self._query(
-            "SELECT round, started_at, finished_at, outcome, reason, version, feedback_seq, metrics"
-            " FROM rounds ORDER BY round DESC LIMIT ?",
-            (limit,),
-        )
-        return [RoundRecord(*row[:7], json.loads(row[7])) for row in rows]
-
-    def last_round_seq(self, outcomes: tuple[str, ...] = ("published", "gate_failed", "skipped")) -> int:
-        """feedback_seq of the newest round that ended with one of `outcomes` (0 when none).
-
-        Rounds a killed trainer left behind are not among the defaults, so their feedback still
-        counts as new and starts a round again after a restart.
-        """
-        placeholders = ",".join("?" * len(outcomes))
-        rows = self._query(f"SELECT MAX(feedback_seq) FROM rounds WHERE outcome IN ({placeholders})", outcomes)
-        return rows[0][0] or 0
-
-    def positions(self) -> dict[tuple[str, int], tuple[int, str]]:
-        rows = self._query("SELECT topic, partition, next_offset, last_digest FROM positions")
-        return {(topic, partition): (offset, digest) for topic, partition, offset, digest in rows}
-
-    def forget_position(self, topic: str, partition: int) -> None:
-        """The partition's log is a new one: read it from its start, and do not look for the old record again."""
-        with self._transaction() as db:
-            db.execute("DELETE FROM positions WHERE topic = ? AND partition = ?", (topic, partition))
-
-    @staticmethod
-    def _store_head_to_head(db: sqlite3.Connection, event: events_pb2.FeedbackEvent, created: float) -> None:
-        """A comparison across versions (compare mode) as winner/loser rows; the user's latest one stands."""
-        versions = list(event.choice_policy_versions)
-        ranking = list(event.comparison.ranking)
-        if len(set(versions)) < 2 or event.comparison.strength == events_pb2.COMPARISON_STRENGTH_TIE:
-            return
-        (stored,) = db.execute(
-            "SELECT created_at FROM comparisons WHERE completion_id = ? AND user_id = ?",
-            (event.completion_id, event.user_id),
-        ).fetchone()
-        if stored != created:
-            return  # an older comparison replayed after a newer one
-        db.execute(
-            "DELETE FROM head_to_head WHERE completion_id = ? AND user_id = ?", (event.completion_id, event.user_id)
-        )
-        for place, better in enumerate(ranking):
-            for worse in ranking[place + 1 :]:
-                if versions[better] != versions[worse]:
-                    db.execute(
-                        "INSERT OR REPLACE INTO head_to_head VALUES (?, ?, ?, ?, ?)",
-                        (event.completion_id, event.user_id, versions[better], versions[worse], created),
-                    )
-
-    # The roll-out signals count users, not ratings: one user rating a hundred answers, or sending
-    # a hundred comparisons, is one vote, the sign of their net verdict; answers to requests that
-    # pinned a version (which anyone may do) are no sample of the roll-out and are left out.
-
-    def head_to_head(self, version: str, other: str, since: float, anonymous: bool = True) -> tuple[int, int]:
-        """(wins, losses) of `version` against `other` since `since`: users on balance for each side."""
-        rows = self._query(
-            "SELECT COALESCE(SUM(net > 0), 0), COALESCE(SUM(net < 0), 0) FROM ("
-            " SELECT h.user_id, SUM(CASE WHEN h.winner = ? THEN 1 ELSE -1 END) AS net FROM head_to_head h"
-            " LEFT JOIN completions c USING (completion_id)"
-            " WHERE h.created_at >= ? AND ((h.winner = ? AND h.loser = ?) OR (h.winner = ? AND h.loser = ?))"
-            " AND COALESCE(c.pinned, 0) = 0 AND (? OR h.user_id NOT LIKE 'anon-%') GROUP BY h.user_id)",
-            (version, since, version, other, other, version, anonymous),
-        )
-        return int(rows[0][0]), int(rows[0][1])
-
-    def thumbs(self, policy_version: str, since: float, anonymous: bool = True) -> tuple[int, int]:
-        """(up, down) of `policy_version` since `since`: users whose latest ratings are net up, net down.
-
-        `anonymous=False` leaves out users without an API key (ids `anon-…`), whom anyone can mint.
-        """
-        rows = self._query(
-            "SELECT COALESCE(SUM(net > 0), 0), COALESCE(SUM(net < 0), 0) FROM ("
-            " SELECT r.user_id, SUM(r.rating) AS net FROM ratings r LEFT JOIN completions c USING (completion_id)"
-            " WHERE r.policy_version = ? AND r.created_at >= ? AND COALESCE(c.pinned, 0) = 0"
-            " AND (? OR r.user_id NOT LIKE 'anon-%') GROUP BY r.user_id)",
-            (policy_version, since, anonymous),
-        )
-        return int(rows[0][0]), int(rows[0][1])
-
-    def feedback_history(self, bucket_s: float, since: float = 0.0) -> dict:
-        """Thumbs and head-to-head comparisons per policy version and time bucket, for the operator page.
-
-        Thumbs count each user's latest rating of a choice. A comparison counts as a win, loss or
-        tie only between choices served by different versions (events list each choice's version);
-        one completion's choices usually share a version, so those are only totalled.
-        """
-        cells: dict[tuple[str, float], dict[str, int]] = {}
-
-        def cell(version: str, created_at: float) -> dict[str, int]:
-            start = (created_at // bucket_s) * bucket_s
-            return cells.setdefault((version, start), dict.fromkeys(("up", "down", "wins", "losses", "ties"), 0))
-
-        for version, created_at, rating in self._query(
-            "SELECT COALESCE(policy_version, ''), created_at, rating FROM ratings WHERE created_at >= ?", (since,)
-        ):
-            cell(version, created_at)["up" if rating > 0 else "down"] += 1
-        total = across = 0
-        for payload, created_at in self._query(
-            "SELECT e.payload, k.created_at FROM comparisons k JOIN events e ON e.seq = k.seq WHERE k.created_at >= ?",
-            (since,),
-        ):
-            event = events_pb2.FeedbackEvent.FromString(payload)
-            ranking, versions = list(event.comparison.ranking), list(event.choice_policy_versions)
-            total += 1
-            if len(set(versions)) < 2 or any(not 0 <= i < len(versions) for i in ranking):
-                continue  # one version (or no per-choice versions): no head-to-head result
-            across += 1
-            tie = event.comparison.strength == events_pb2.COMPARISON_STRENGTH_TIE
-            for rank, better in enumerate(ranking):
-                for worse in ranking[rank + 1 :]:
-                    winner, loser = versions[better], versions[worse]
-                    if winner == loser:
-                        continue
-                    if tie:
-                        cell(winner, created_at)["ties"] += 1
-                        cell(loser, created_at)["ties"] += 1
-                    else:
-                        cell(winner, created_at)["wins"] += 1
-                        cell(loser, created_at)["losses"] += 1
-        buckets = [{"version": v, "start": start, **counts} for (v, start), counts in sorted(cells.items())]
-        return {"buckets": buckets, "comparisons": {"total": total, "across_versions": across}}
-
-    def get_state(self, key: str, default: str = "") -> str:
-        rows = self._query("SELECT value FROM state WHERE key = ?", (key,))
-        return rows[0][0] if rows else default
-
-    def set_state(self, key: str, value: str) -> None:
-        with self._transaction() as db:
-            db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, value))
-
 
 def _check_comparison(event: events_pb2.FeedbackEvent) -> None:
     """A ranking names each choice once, within the choices the event says it compares (ValueError)."""
