@@ -1,6 +1,12 @@
-"""The relay against the real broker: an event the broker can never take is dead-lettered."""
+"""The relay: against the real broker (what it can never take is dead-lettered), and on a fake producer."""
 
 from __future__ import annotations
+
+from unittest.mock import Mock
+
+from kafka import KafkaProducer, TopicPartition
+from kafka.errors import KafkaTimeoutError
+from kafka.producer.future import FutureRecordMetadata, RecordMetadata
 
 from feedback.metrics import FeedbackMetrics
 from feedback.outbox import Outbox, OutboxLedger, OutboxRecord
@@ -63,3 +69,79 @@ def test_the_publish_latency_histogram_counts_each_batch_once():
     buckets = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("flywheel_feedback_publish_latency_seconds_bucket")]  # fmt: skip
     assert buckets == sorted(buckets) and buckets[0] <= 1.0 and 1.0 in buckets  # cumulative, one step per event
+
+
+# -- the relay's logic on a fake producer built on kafka-python's KafkaProducer
+
+
+class FakeBroker:
+    """Acknowledges sends at increasing offsets; `fail` times out the next batch, `lose` restarts the log."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+        self.fail = False
+        self.sent: list[tuple[bytes, bytes]] = []
+        self.producers: list = []
+
+    def lose(self) -> None:
+        self.offset = 0
+
+    def producer(self, bootstrap: str):
+        producer = Mock(spec=KafkaProducer)
+
+        def send(topic, key=None, value=None):
+            future = Mock(spec=FutureRecordMetadata)
+            if self.fail:
+                future.get.side_effect = KafkaTimeoutError("no ack within the timeout")
+                return future
+            self.sent.append((key, value))
+            tp = TopicPartition(topic, 0)
+            future.get.return_value = RecordMetadata(topic, 0, tp, self.offset, 0, None, len(key), len(value), -1)
+            self.offset += 1
+            return future
+
+        producer.send.side_effect = send
+        self.producers.append(producer)
+        return producer
+
+
+def fake_relay(tmp_path, broker: FakeBroker) -> tuple[Relay, OutboxLedger, Outbox, RelayStats]:
+    path = tmp_path / "outbox.sqlite"
+    outbox, stats = Outbox(path, max_pending=100), RelayStats()
+    ledger = OutboxLedger(path)
+    relay = Relay(ledger, "127.0.0.1:1", stats, producer_factory=broker.producer, backoff_s=0, manage_topics=False)
+    return relay, ledger, outbox, stats
+
+
+def test_a_batch_the_broker_does_not_acknowledge_stays_and_is_sent_again_in_order(tmp_path):
+    broker = FakeBroker()
+    relay, ledger, outbox, stats = fake_relay(tmp_path, broker)
+    names = [f"unacked-{i}" for i in range(3)]
+    outbox.append_many([record(name) for name in names]).result(timeout=10)
+    broker.fail = True
+    assert relay.publish_once() == 3
+    assert len(ledger.unpublished(10)) == 3 and stats.snapshot()[RelayStats.RETRIES] == 1
+    broker.producers[0].close.assert_called()  # a failed producer is not reused
+    broker.fail = False
+    assert relay.publish_once() == 3
+    assert ledger.unpublished(10) == [] and stats.snapshot()[RelayStats.PUBLISHED] == 3
+    assert [key.decode() for key, _ in broker.sent] == names  # keyed by idempotency key, in order
+    ledger.close()
+    outbox.close()
+
+
+def test_offsets_that_go_back_mean_the_broker_lost_acknowledged_events_and_they_are_replayed(tmp_path):
+    broker = FakeBroker()
+    relay, ledger, outbox, stats = fake_relay(tmp_path, broker)
+    outbox.append_many([record(f"lost-{i}") for i in range(3)]).result(timeout=10)
+    relay.publish_once()
+    broker.lose()  # the local broker restarted: its log starts again at offset 0
+    outbox.append_many([record("after-restart")]).result(timeout=10)
+    relay.publish_once()
+    assert stats.snapshot()[RelayStats.REPLAYED] == 3
+    assert sorted(e.kafka_key for e in ledger.unpublished(10)) == ["lost-0", "lost-1", "lost-2"]
+    relay.publish_once()
+    assert [key.decode() for key, _ in broker.sent[-3:]] == ["lost-0", "lost-1", "lost-2"]
+    assert ledger.unpublished(10) == []
+    ledger.close()
+    outbox.close()
