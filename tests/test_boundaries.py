@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("serving", "feedback", "trainer")
 NOT_SHIPPED = ("tests", "bench")
-ENTRY_POINTS = {"flywheel/cli.py"}  # `flywheel serve | feedback | trainer | ...` starts the services
+ENTRY_POINTS = {"flywheel/commands.py"}  # the `flywheel` verbs that start the services
 
 
 def imported(path: Path) -> set[str]:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flywheel.cli import reference_pages
+from flywheel.commands import reference_pages
 from flywheel.reference import update
 from flywheel.settings import TrainerSettings
 
