@@ -7,6 +7,7 @@ test run leaves nothing behind.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,7 +15,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from flywheel.broker import Broker
 from flywheel.models import build_tiny_model, prepare_default_model
@@ -79,6 +82,12 @@ class RunningServer:
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
+    def wait_ready(self, timeout: float = 420) -> None:
+        wait_ready(self.url, self.process, self.log_path, timeout)
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
 
 def start_process(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
     log = open(log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
@@ -129,20 +138,33 @@ def serving_env(tmp: Path, kafka: str, **extra: str) -> dict[str, str]:
     return env
 
 
+def start_serving(model: Path, tmp: Path, env: dict[str, str], port: int | None = None, wait: bool = True
+                  ) -> RunningServer:  # fmt: skip
+    """The one way tests start a serving process (`flywheel serve`, its log in `tmp`).
+
+    `wait=False` returns at once (start other services meanwhile, then call `wait_ready()`).
+    """
+    port = port or free_port()
+    log_path = tmp / f"serving-{port}.log"
+    args = [sys.executable, "-m", "flywheel.cli", "serve", "--model", str(model), "--port", str(port)]
+    server = RunningServer(f"http://127.0.0.1:{port}", start_process(args, env, log_path), log_path, env)
+    if wait:
+        try:
+            server.wait_ready()
+        except BaseException:
+            server.stop()
+            raise
+    return server
+
+
 @pytest.fixture(scope="session")
 def serving_server(tiny_model: Path, broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> RunningServer:
     tmp = tmp_path_factory.mktemp("serving")
-    port = free_port()
-    env = serving_env(tmp, broker.bootstrap)
-    log_path = tmp / "serving.log"
-    args = [sys.executable, "-m", "flywheel.cli", "serve", "--model", str(tiny_model), "--port", str(port)]
-    process = start_process(args, env, log_path)
-    url = f"http://127.0.0.1:{port}"
+    server = start_serving(tiny_model, tmp, serving_env(tmp, broker.bootstrap))
     try:
-        wait_ready(url, process, log_path)
-        yield RunningServer(url=url, process=process, log_path=log_path, env=env)
+        yield server
     finally:
-        stop_process(process)
+        server.stop()
 
 
 def feedback_env(tmp: Path, kafka: str, **extra: str) -> dict[str, str]:
@@ -190,3 +212,40 @@ def feedback_server(broker: Broker, tmp_path_factory: pytest.TempPathFactory) ->
         yield server
     finally:
         stop_process(server.process)
+
+
+# -- probing a running service
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    text = httpx.get(f"{url}/metrics").text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples, name, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def run_schemathesis(openapi_url: str, max_examples: int = 40) -> subprocess.CompletedProcess:
+    """The schemathesis CLI against a live server's OpenAPI schema, checking that nothing answers 5xx."""
+    cli = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
+    return subprocess.run(
+        [
+            cli,
+            "run",
+            openapi_url,
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            str(max_examples),
+            "--request-timeout",
+            "120",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )

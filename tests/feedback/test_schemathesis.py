@@ -1,6 +1,6 @@
 """Property-based requests from the feedback API's OpenAPI schema: no 5xx."""
 
-from tests.serving.test_schemathesis import run_schemathesis
+from tests.conftest import run_schemathesis
 
 
 def test_no_server_errors(feedback_server):

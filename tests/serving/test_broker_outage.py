@@ -5,8 +5,8 @@ import pytest
 
 from flywheel.settings import TOPIC_COMPLETIONS
 from flywheel.v1 import events_pb2
+from tests.conftest import scrape, value
 from tests.kafka_helpers import consume
-from tests.serving.test_metrics import scrape, value
 
 pytestmark = [pytest.mark.engine, pytest.mark.disruptive]
 

@@ -21,17 +21,17 @@ from flywheel.broker import Broker
 from flywheel.channel import announce
 from flywheel.models import build_tiny_model
 from tests.conftest import ADMIN_KEY, ROOT, serving_env, stop_process
-from tests.serving.test_hot_swap import (
+from tests.serving.versions import (
     PROMPT,
-    _corrupt,
+    corrupt,
     greedy,
+    make_lora_version,
     policy,
-    start_serving,
+    start_replica,
     store_of,
     stream_forever,
     wait_policy,
 )
-from tests.serving.versions import make_lora_version
 
 pytestmark = pytest.mark.slow
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -41,7 +41,7 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 def full_server(tiny_model: Path, module_broker: Broker, tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("full")
     env = serving_env(tmp, module_broker.bootstrap, FLYWHEEL_REPLICA_ID="replica-full", FLYWHEEL_CANARY_FRACTION="1.0")
-    server = start_serving(tiny_model, tmp, module_broker.bootstrap, env)
+    server = start_replica(tiny_model, tmp, module_broker.bootstrap, env)
     yield server
     stop_process(server.process)
 
@@ -128,7 +128,7 @@ def test_full_weights_of_another_model_or_corrupted_are_refused_before_the_engin
 
     make_lora_version(tiny_model, store, "lora-2", seed=12)
     assert merge(full_server, tiny_model, "lora-2", "--no-announce").returncode == 0
-    _corrupt(store.path("lora-2-full") / "model.safetensors")
+    corrupt(store.path("lora-2-full") / "model.safetensors")
     announce(module_broker.bootstrap, store.manifest("lora-2-full"))
 
     status = wait_policy(full_server, lambda s: {"other-model", "lora-2-full"} <= set(s["refused"]), "both refusals")

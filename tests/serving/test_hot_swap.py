@@ -13,95 +13,41 @@ import json
 import re
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
-from openai import AsyncOpenAI
 
 from flywheel.broker import Broker
 from flywheel.channel import announce
-from flywheel.store import ModelStore
 from tests.conftest import (
     ADMIN_KEY,
     RunningServer,
     free_port,
-    serving_env,
-    start_process,
     stop_process,
-    wait_ready,
 )
-from tests.serving.versions import make_lora_version
+from tests.serving.versions import (
+    PROMPT,
+    corrupt,
+    greedy,
+    make_lora_version,
+    policy,
+    start_replica,
+    store_of,
+    stream_forever,
+    wait_policy,
+)
 
 pytestmark = pytest.mark.slow
-PROMPT = [{"role": "user", "content": "Name three colours."}]
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-
-
-def start_serving(tiny_model: Path, tmp: Path, bootstrap: str, env: dict[str, str] | None = None) -> RunningServer:
-    port = free_port()
-    env = env or serving_env(tmp, bootstrap, FLYWHEEL_REPLICA_ID="replica-1", FLYWHEEL_CANARY_FRACTION="0.5")
-    log_path = tmp / f"serving-{port}.log"
-    args = [sys.executable, "-m", "flywheel.cli", "serve", "--model", str(tiny_model), "--port", str(port)]
-    process = start_process(args, env, log_path)
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url, process, log_path)
-    return RunningServer(url=url, process=process, log_path=log_path, env=env)
 
 
 @pytest.fixture(scope="module")
 def swap_server(tiny_model: Path, module_broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> RunningServer:
-    server = start_serving(tiny_model, tmp_path_factory.mktemp("swap"), module_broker.bootstrap)
+    server = start_replica(tiny_model, tmp_path_factory.mktemp("swap"), module_broker.bootstrap)
     yield server
     stop_process(server.process)
-
-
-def store_of(server: RunningServer) -> ModelStore:
-    return ModelStore(Path(server.env["FLYWHEEL_DATA_DIR"]) / "store")
-
-
-def policy(server: RunningServer) -> dict:
-    return httpx.get(f"{server.url}/v1/policy", timeout=10).json()
-
-
-def wait_policy(server: RunningServer, check, what: str, timeout_s: float = 60) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = policy(server)
-        if check(status):
-            return status
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not seen within {timeout_s} s; status {policy(server)}\n{server.log_tail()}")
-
-
-def greedy(server: RunningServer, version: str) -> str:
-    body = {"messages": PROMPT, "max_tokens": 12, "temperature": 0, "policy_version": version, "ignore_eos": True}
-    response = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
-    assert response.status_code == 200, response.text
-    assert response.json()["policy_version"] == version
-    return response.json()["choices"][0]["message"]["content"]
-
-
-async def stream_forever(url: str, key: str, stop: asyncio.Event, results: list[dict]) -> None:
-    """One user streaming chats back to back; each response's versions, end and errors are recorded."""
-    client = AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60)
-    while not stop.is_set():
-        record = {"versions": set(), "finish": None, "error": None, "text": ""}
-        try:
-            stream = await client.chat.completions.create(
-                model="flywheel", messages=PROMPT, max_tokens=24, temperature=0.8, stream=True
-            )
-            async for chunk in stream:
-                record["versions"].add(chunk.model_extra.get("policy_version"))
-                for choice in chunk.choices:
-                    record["text"] += choice.delta.content or ""
-                    record["finish"] = choice.finish_reason or record["finish"]
-        except Exception as exc:
-            record["error"] = repr(exc)
-        results.append(record)
-    await client.close()
 
 
 def test_ten_versions_swap_in_under_streaming_load_with_no_failed_request(swap_server, module_broker, tiny_model):
@@ -158,12 +104,6 @@ def test_ten_versions_swap_in_under_streaming_load_with_no_failed_request(swap_s
     assert swaps and float(swaps.group(1)) >= 10
 
 
-def _corrupt(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
 def test_corrupted_and_truncated_versions_are_refused_and_the_old_ones_keep_serving(
     swap_server, module_broker, tiny_model
 ):
@@ -173,7 +113,7 @@ def test_corrupted_and_truncated_versions_are_refused_and_the_old_ones_keep_serv
     wait_policy(swap_server, lambda s: s["canary_version"] == "good-1", "good-1 as canary")
 
     corrupted = make_lora_version(tiny_model, store, "corrupted-1", seed=102)
-    _corrupt(store.path("corrupted-1") / "adapter_model.safetensors")
+    corrupt(store.path("corrupted-1") / "adapter_model.safetensors")
     announce(module_broker.bootstrap, corrupted)
 
     def write_truncated(tmp: Path) -> None:  # the manifest matches, the weights file is cut short
@@ -202,7 +142,7 @@ def test_corrupted_and_truncated_versions_are_refused_and_the_old_ones_keep_serv
 @pytest.mark.disruptive
 def test_a_replica_restarted_mid_rollout_comes_back_on_the_same_versions(tiny_model, tmp_path):
     broker = Broker(port=free_port()).start()  # its own: this replica refuses the other tests' versions
-    server = start_serving(tiny_model, tmp_path, broker.bootstrap)
+    server = start_replica(tiny_model, tmp_path, broker.bootstrap)
     try:
         store = store_of(server)
         first, second = (make_lora_version(tiny_model, store, f"r-{i}", seed=200 + i) for i in (1, 2))
@@ -223,7 +163,7 @@ def test_a_replica_restarted_mid_rollout_comes_back_on_the_same_versions(tiny_mo
     finally:
         stop_process(server.process)  # SIGTERM, then SIGKILL of the whole group
     try:
-        restarted = start_serving(tiny_model, tmp_path, broker.bootstrap, env=server.env)
+        restarted = start_replica(tiny_model, tmp_path, broker.bootstrap, env=server.env)
         try:
             after = policy(restarted)
             assert (after["stable_version"], after["canary_version"], after["canary_fraction"]) == ("r-1", "r-2", 0.3)

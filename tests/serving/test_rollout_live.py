@@ -19,8 +19,7 @@ from flywheel.broker import Broker
 from flywheel.channel import announce
 from flywheel.store import ModelStore
 from tests.conftest import feedback_env, free_port, start_feedback, stop_process
-from tests.serving.test_hot_swap import PROMPT, start_serving, wait_policy
-from tests.serving.versions import make_lora_version
+from tests.serving.versions import PROMPT, make_lora_version, start_replica, wait_policy
 from tests.trainer.conftest import start_trainer
 
 pytestmark = pytest.mark.slow
@@ -78,7 +77,7 @@ def test_live_feedback_promotes_a_better_canary_and_rolls_back_a_worse_one(tiny_
     broker = Broker(port=free_port()).start()
     processes = []
     try:
-        server = start_serving(tiny_model, tmp_path, broker.bootstrap)
+        server = start_replica(tiny_model, tmp_path, broker.bootstrap)
         processes.append(server.process)
         feedback = start_feedback(tmp_path, feedback_env(tmp_path, broker.bootstrap))
         processes.append(feedback.process)

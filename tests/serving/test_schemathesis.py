@@ -5,34 +5,12 @@ this pytest), so the test fails exactly when schemathesis finds a server error.
 """
 
 import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_schemathesis
+
 pytestmark = pytest.mark.engine
-
-
-def run_schemathesis(openapi_url: str, max_examples: int = 40) -> subprocess.CompletedProcess:
-    cli = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
-    return subprocess.run(
-        [
-            cli,
-            "run",
-            openapi_url,
-            "--checks",
-            "not_a_server_error",
-            "--max-examples",
-            str(max_examples),
-            "--request-timeout",
-            "120",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
 
 
 def test_no_server_errors(serving_server):

@@ -1,11 +1,18 @@
-"""Policy versions for roll-out tests: real PEFT LoRA adapters on the tiny model, published for real."""
+"""Roll-out test helpers: real PEFT LoRA versions on the tiny model, published for real, and a replica
+started, asked and streamed to as users would."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
+
+import httpx
+from openai import AsyncOpenAI
 
 from flywheel import channel
 from flywheel.store import Manifest, ModelStore
+from tests.conftest import RunningServer, serving_env, start_serving
 
 
 def make_lora_version(base_model: Path, store: ModelStore, version: str, seed: int, parent: str = "base") -> Manifest:
@@ -26,3 +33,64 @@ def make_lora_version(base_model: Path, store: ModelStore, version: str, seed: i
         version, lambda tmp: peft_model.save_pretrained(tmp), parent=parent, base_model=str(base_model),
         kind=channel.ADAPTER_KIND, metrics={"seed": float(seed)},
     )  # fmt: skip
+
+
+PROMPT = [{"role": "user", "content": "Name three colours."}]
+
+
+def start_replica(tiny_model: Path, tmp: Path, bootstrap: str, env: dict[str, str] | None = None) -> RunningServer:
+    """A serving replica (tests.conftest.start_serving) with half of its users on the canary."""
+    env = env or serving_env(tmp, bootstrap, FLYWHEEL_REPLICA_ID="replica-1", FLYWHEEL_CANARY_FRACTION="0.5")
+    return start_serving(tiny_model, tmp, env)
+
+
+def store_of(server: RunningServer) -> ModelStore:
+    return ModelStore(Path(server.env["FLYWHEEL_DATA_DIR"]) / "store")
+
+
+def policy(server: RunningServer) -> dict:
+    return httpx.get(f"{server.url}/v1/policy", timeout=10).json()
+
+
+def wait_policy(server: RunningServer, check, what: str, timeout_s: float = 60) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = policy(server)
+        if check(status):
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not seen within {timeout_s} s; status {policy(server)}\n{server.log_tail()}")
+
+
+def greedy(server: RunningServer, version: str) -> str:
+    body = {"messages": PROMPT, "max_tokens": 12, "temperature": 0, "policy_version": version, "ignore_eos": True}
+    response = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.json()["policy_version"] == version
+    return response.json()["choices"][0]["message"]["content"]
+
+
+async def stream_forever(url: str, key: str, stop: asyncio.Event, results: list[dict]) -> None:
+    """One user streaming chats back to back; each response's versions, end and errors are recorded."""
+    client = AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60)
+    while not stop.is_set():
+        record = {"versions": set(), "finish": None, "error": None, "text": ""}
+        try:
+            stream = await client.chat.completions.create(
+                model="flywheel", messages=PROMPT, max_tokens=24, temperature=0.8, stream=True
+            )
+            async for chunk in stream:
+                record["versions"].add(chunk.model_extra.get("policy_version"))
+                for choice in chunk.choices:
+                    record["text"] += choice.delta.content or ""
+                    record["finish"] = choice.finish_reason or record["finish"]
+        except Exception as exc:
+            record["error"] = repr(exc)
+        results.append(record)
+    await client.close()
+
+
+def corrupt(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))

@@ -11,8 +11,12 @@ from pathlib import Path
 import pytest
 
 from flywheel.settings import TrainerSettings
+from flywheel.store import Manifest, ModelStore
 from tests.conftest import ADMIN_KEY, free_port, start_process, stop_process, wait_ready
 from tests.trainer.synthetic import build_taught_policy
+from trainer.context import RoundContext
+from trainer.dataset import DatasetStore
+from trainer.metrics import TrainerMetrics
 
 # Small enough for a round on the tiny policy in about a minute, large enough to learn the rule.
 FAST = {
@@ -73,3 +77,16 @@ def start_trainer(tmp: Path, kafka: str, model: Path, **extra: str) -> TrainerPr
     trainer = TrainerProcess(f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", None, tmp / "trainer.log", args, env)
     trainer.restart()
     return trainer
+
+
+def round_context(tmp_path, model, records, **overrides) -> tuple[RoundContext, list]:
+    """A RoundContext by hand on fast settings, its dataset holding `records`; and what it announced."""
+    settings = fast_settings(tmp_path / "data", **overrides)
+    store = DatasetStore(settings.dataset_path)
+    store.ingest(records)
+    announced: list[Manifest] = []  # what the round asked the policy channel to announce
+    ctx = RoundContext(
+        settings, str(model), store, ModelStore(settings.store_dir), ModelStore(settings.reward_store_dir),
+        announced.append, TrainerMetrics(),
+    )  # fmt: skip
+    return ctx, announced

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from flywheel.settings import DPOSection
+from tests.trainer.conftest import round_context as context
 from tests.trainer.synthetic import traffic
-from tests.trainer.test_round import context
 from trainer import round as round_module
 from trainer.dpo import dpo_rows, dpo_steps
 from trainer.pairs import Pair

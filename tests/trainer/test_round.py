@@ -13,32 +13,17 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from flywheel.settings import TOPIC_COMPLETIONS, TOPIC_FEEDBACK
-from flywheel.store import Manifest, ModelStore
-from tests.trainer.conftest import fast_settings
+from tests.trainer.conftest import round_context as context
 from tests.trainer.synthetic import completion, feedback, traffic
 from trainer import round as round_module
 from trainer.candidates import candidates
-from trainer.context import CANDIDATE_KEY, REWARD_MODEL_KEY, RoundContext
-from trainer.dataset import DatasetStore
+from trainer.context import CANDIDATE_KEY, REWARD_MODEL_KEY
 from trainer.evaluate import measure_policy
-from trainer.metrics import TrainerMetrics
 from trainer.ppo import encode_prompts, load_policy
 from trainer.reward import RewardModel, load_tokenizer
 from trainer.round import run_round
 
 pytestmark = pytest.mark.slow
-
-
-def context(tmp_path, model, records, **overrides) -> tuple[RoundContext, list]:
-    settings = fast_settings(tmp_path / "data", **overrides)
-    store = DatasetStore(settings.dataset_path)
-    store.ingest(records)
-    announced: list[Manifest] = []  # what the round asked the policy channel to announce
-    ctx = RoundContext(
-        settings, str(model), store, ModelStore(settings.store_dir), ModelStore(settings.reward_store_dir),
-        announced.append, TrainerMetrics(),
-    )  # fmt: skip
-    return ctx, announced
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ must name the other: serving tells the page where feedback is, and feedback allo
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +19,8 @@ from tests.conftest import (
     free_port,
     serving_env,
     start_feedback,
-    start_process,
+    start_serving,
     stop_process,
-    wait_ready,
 )
 from tests.trainer.conftest import TrainerProcess, start_trainer
 
@@ -65,17 +63,15 @@ def chat_stack(tiny_model: Path, broker: Broker, tmp_path_factory: pytest.TempPa
     env = serving_env(
         tmp, broker.bootstrap, FLYWHEEL_FEEDBACK_PUBLIC_URL=feedback.url, FLYWHEEL_DEFAULT_MAX_TOKENS="48"
     )
-    log_path = tmp / "serving.log"
-    args = [sys.executable, "-m", "flywheel.cli", "serve", "--model", str(tiny_model), "--port", str(serving_port)]
-    serving = start_process(args, env, log_path)
+    serving = start_serving(tiny_model, tmp, env, port=serving_port, wait=False)  # its engine loads meanwhile
     trainer = None
     try:
         # Rounds off: this stack only checks that the page's events reach the trainer's store.
         trainer = start_trainer(tmp, broker.bootstrap, tiny_model, FLYWHEEL_ROUNDS__MIN_NEW_FEEDBACK="1000000")
-        wait_ready(serving_url, serving, log_path)
+        serving.wait_ready()
         yield ChatStack(serving_url=serving_url, trainer=trainer, feedback=feedback)
     finally:
-        stop_process(serving)
+        serving.stop()
         stop_process(feedback.process)
         if trainer is not None:
             trainer.stop()

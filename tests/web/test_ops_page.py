@@ -25,7 +25,7 @@ from flywheel.channel import announce
 from flywheel.kafka import make_producer
 from flywheel.settings import TOPIC_COMPLETIONS, TOPIC_FEEDBACK
 from flywheel.store import ModelStore
-from tests.conftest import ADMIN_KEY, free_port, serving_env, start_process, stop_process, wait_ready
+from tests.conftest import ADMIN_KEY, free_port, serving_env, start_serving, stop_process
 from tests.serving.versions import make_lora_version
 from tests.trainer.conftest import TrainerProcess, fast_env
 from tests.trainer.synthetic import completion, feedback
@@ -68,9 +68,8 @@ def ops_stack(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Ops
     serving_url, trainer_url = f"http://127.0.0.1:{serving_port}", f"http://127.0.0.1:{trainer_port}"
     env = serving_env(tmp, broker.bootstrap, FLYWHEEL_TRAINER_PUBLIC_URL=trainer_url, FLYWHEEL_CANARY_FRACTION="0.5",
                       FLYWHEEL_REPLICA_ID="ops-replica")  # fmt: skip
-    serving_log = tmp / "serving.log"
-    args = [sys.executable, "-m", "flywheel.cli", "serve", "--model", str(tiny_model), "--port", str(serving_port)]
-    serving = start_process(args, env, serving_log)
+    server = start_serving(tiny_model, tmp, env, port=serving_port, wait=False)
+    serving, serving_log = server.process, server.log_path
     trainer_env = {**os.environ, **fast_env(), "FLYWHEEL_DATA_DIR": str(tmp / "trainer-data"),
                    "FLYWHEEL_KAFKA_BOOTSTRAP": broker.bootstrap, "FLYWHEEL_CORS_ORIGINS": serving_url,
                    "FLYWHEEL_ROUNDS__MIN_NEW_FEEDBACK": "1000000"}  # fmt: skip
@@ -80,7 +79,7 @@ def ops_stack(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Ops
                              trainer_env)  # fmt: skip
     try:
         trainer.restart()  # starts it; serving loads its engine meanwhile
-        wait_ready(serving_url, serving, serving_log)
+        server.wait_ready()
         store = ModelStore(Path(env["FLYWHEEL_DATA_DIR"]) / "store")
         yield OpsStack(
             serving_url=serving_url,
