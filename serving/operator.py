@@ -6,6 +6,7 @@ decision goes through the policy topic, so every replica obeys it.
 from __future__ import annotations
 
 import asyncio
+from typing import TypedDict
 
 from kafka.errors import KafkaError
 
@@ -14,6 +15,32 @@ from flywheel.v1 import events_pb2
 from serving.versions import RefusedVersion, VersionInfo
 
 Action = events_pb2.RolloutAction
+
+
+class VersionView(TypedDict, total=False):
+    """One version as operators see it (GET /v1/policy, /v1/policy/versions, gRPC PolicyService)."""
+
+    version: str
+    state: str  # stable | canary | loaded | available | refused | retired
+    parent_version: str
+    kind: str  # base | lora | full
+    metrics: dict[str, float]
+    swap_seconds: float  # 0 until it was swapped in here
+    created_at: float  # versions in the store only
+    note: str  # why a retired version was retired
+
+
+class ReplicaStatus(TypedDict):
+    """A replica's roll-out state (GET /v1/policy, gRPC GetStatus)."""
+
+    replica_id: str
+    stable_version: str
+    canary_version: str
+    canary_fraction: float
+    engine_weights: str
+    loaded: list[VersionView]
+    refused: dict[str, str]
+    retired: dict[str, str]
 
 
 class OperatorActions:
@@ -64,7 +91,7 @@ class OperatorActions:
 
     # -- what operators see
 
-    def status(self) -> dict:
+    def status(self) -> ReplicaStatus:
         router, state = self.router, self.state
         return {
             "replica_id": self.replica_id,
@@ -77,7 +104,7 @@ class OperatorActions:
             "retired": dict(state.retired),
         }
 
-    def _describe(self, version: str, role: str) -> dict:
+    def _describe(self, version: str, role: str) -> VersionView:
         info = self.versions.get(version, VersionInfo(version))
         return {
             "version": version,
@@ -88,7 +115,7 @@ class OperatorActions:
             "swap_seconds": info.swap_seconds,
         }
 
-    def list_versions(self) -> list[dict]:
+    def list_versions(self) -> list[VersionView]:
         """Every version in the store (and the base), with its state on this replica."""
         described = [self._describe(self.settings.policy_version, self.router.role(self.settings.policy_version))]
         for manifest in self.store.versions():

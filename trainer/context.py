@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from flywheel.settings import TrainerSettings
 from flywheel.store import Manifest, ModelStore
@@ -15,6 +16,10 @@ log = logging.getLogger(__name__)
 
 REWARD_MODEL_KEY = "reward_model"  # dataset state: the reward model in use
 CANDIDATE_KEY = "policy_candidate"  # dataset state: a refused round's policy the next round continues
+
+# How a round ended: a version published; refused by a gate; skipped (too little, nothing new); only
+# the reward model trained (`reward_only`); failed (an error, or the trainer stopped during it).
+Outcome = Literal["published", "gate_failed", "skipped", "reward_updated", "failed"]
 
 
 @dataclass
@@ -35,7 +40,7 @@ class RoundContext:
 @dataclass
 class RoundResult:
     round: int
-    outcome: str  # published | gate_failed | skipped | reward_updated | failed
+    outcome: Outcome
     reason: str = ""
     version: str = ""
     metrics: dict[str, float] = field(default_factory=dict)

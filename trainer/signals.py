@@ -5,8 +5,31 @@ per policy version (users, not ratings), and their history in time buckets.
 from __future__ import annotations
 
 import sqlite3
+from typing import TypedDict
 
 from flywheel.v1 import events_pb2
+
+
+class HistoryBucket(TypedDict):
+    """Feedback on one version in one time bucket (counts of ratings and of head-to-head results)."""
+
+    version: str
+    start: float  # the bucket's start, seconds since the epoch
+    up: int
+    down: int
+    wins: int
+    losses: int
+    ties: int
+
+
+class ComparisonTotals(TypedDict):
+    total: int
+    across_versions: int  # comparisons between choices of different versions (compare mode)
+
+
+class FeedbackHistory(TypedDict):
+    buckets: list[HistoryBucket]
+    comparisons: ComparisonTotals
 
 
 class RolloutSignals:
@@ -66,7 +89,7 @@ class RolloutSignals:
         )
         return int(rows[0][0]), int(rows[0][1])
 
-    def feedback_history(self, bucket_s: float, since: float = 0.0) -> dict:
+    def feedback_history(self, bucket_s: float, since: float = 0.0) -> FeedbackHistory:
         """Thumbs and head-to-head comparisons per policy version and time bucket, for the operator page.
 
         Thumbs count each user's latest rating of a choice. A comparison counts as a win, loss or
