@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -27,6 +28,7 @@ from flywheel.tokens import FeedbackToken
 
 log = logging.getLogger(__name__)
 
+RELAY_DOWN_UNHEALTHY_S = 30.0  # /healthz fails once the relay stayed dead this long (restarts keep failing)
 _KINDS = {"/v1/feedback": "thumbs", "/v1/comparisons": "comparison", "/v1/preferences/import": "import"}
 
 
@@ -64,6 +66,14 @@ def build_app(settings: FeedbackSettings, start_grpc: bool = True) -> FastAPI:
         app.state.feedback = service
         app.state.outbox = outbox
         app.state.relay = relay
+
+        async def watch_relay() -> None:
+            while True:
+                await asyncio.sleep(1.0)
+                if relay.ensure_running():
+                    metrics.relay_restarts.inc()
+
+        watcher = asyncio.get_running_loop().create_task(watch_relay())
         # Objects that live as long as the process need no garbage collection: keep them out of
         # the collector's full passes, which otherwise pause every request now and then.
         gc.freeze()
@@ -71,6 +81,7 @@ def build_app(settings: FeedbackSettings, start_grpc: bool = True) -> FastAPI:
         try:
             yield
         finally:
+            watcher.cancel()
             if grpc_server is not None:
                 await grpc_server.stop(grace=5)
             relay.stop(settings.shutdown_drain_s, pending=lambda: outbox.pending)
@@ -83,8 +94,12 @@ def build_app(settings: FeedbackSettings, start_grpc: bool = True) -> FastAPI:
     app.include_router(routes.router)
 
     @app.get("/healthz")
-    async def healthz() -> dict:
-        return {"status": "ok"}
+    async def healthz(request: Request) -> JSONResponse:
+        relay = getattr(request.app.state, "relay", None)
+        if relay is not None and relay.down_for() > RELAY_DOWN_UNHEALTHY_S:
+            message = f"the relay has been down for {relay.down_for():.0f} s; accepted events are not reaching Kafka"
+            return JSONResponse({"status": "unhealthy", "reason": message}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:

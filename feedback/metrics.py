@@ -51,6 +51,10 @@ class FeedbackMetrics:
             "One outbox group commit, fsync included: the disk's share of every 202 (its flush stalls show here).",
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
+        self.relay_restarts = Counter(
+            "flywheel_feedback_relay_restarts", "Times the relay process died and the service started it again.",
+            registry=r,
+        )  # fmt: skip
         self._relay_stats = None
         r.register(self)  # the relay's counters live in its process; collect() reads them
 

@@ -32,6 +32,10 @@ from flywheel.settings import TOPIC_FEEDBACK
 
 log = logging.getLogger(__name__)
 
+RESTART_BACKOFF_S = 1.0  # the first restart of a dead relay waits this long after the last one, doubling
+RESTART_BACKOFF_MAX_S = 30.0
+RESTART_RESET_S = 60.0  # a relay up this long starts the back-off again from its first step
+
 
 class RelayStats:
     """Counters the relay process shares with the service process (one shared array)."""
@@ -237,25 +241,68 @@ def _relay_main(outbox_path: str, bootstrap: str, batch: int, retention_s: float
 
 
 class RelayProcess:
-    """The service's handle on its relay child process."""
+    """The service's handle on its relay child process, started again when it dies.
+
+    A relay killed on its own (the kernel's OOM killer, a stray SIGKILL) would leave every event
+    answered 202 in the outbox until the service restarted: `ensure_running` (called every second
+    by the service) starts a new one, at most once per back-off (1 s, doubling to 30 s).
+    """
 
     def __init__(
         self, outbox_path: Path, bootstrap: str, batch: int, retention_s: float, manage_topics: bool = True
     ) -> None:
-        context = multiprocessing.get_context("spawn")
+        self._context = multiprocessing.get_context("spawn")
         self.stats = RelayStats()
-        wake_reader, self._wake = context.Pipe(duplex=False)
+        self._wake_reader, self._wake = self._context.Pipe(duplex=False)
         os.set_blocking(self._wake.fileno(), False)  # waking never blocks the service
-        self._process = context.Process(
-            target=_relay_main,
-            args=(str(outbox_path), bootstrap, batch, retention_s, self.stats, wake_reader, os.getpid(), manage_topics),
-            name="feedback-relay",
-            daemon=True,
-        )
+        self._args = (str(outbox_path), bootstrap, batch, retention_s, self.stats, self._wake_reader, os.getpid(),
+                      manage_topics)  # fmt: skip
+        self._process = self._new_process()
+        self.restarts = 0
+        self._stopping = False
+        self._started_at = 0.0
+        self._down_since: float | None = None
+        self._next_start_at = 0.0
+        self._backoff_s = RESTART_BACKOFF_S
+
+    def _new_process(self):
+        return self._context.Process(target=_relay_main, args=self._args, name="feedback-relay", daemon=True)
 
     def start(self) -> RelayProcess:
         self._process.start()
+        self._started_at = time.monotonic()
         return self
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    def ensure_running(self) -> bool:
+        """Start the relay again if it died; True when this call started it."""
+        now = time.monotonic()
+        if self._stopping or self._process.is_alive():
+            if now - self._started_at > RESTART_RESET_S:
+                self._backoff_s = RESTART_BACKOFF_S  # it stayed up: a later death is a new story
+            return False
+        if self._down_since is None:
+            self._down_since = now
+            log.error("the feedback relay died (exit code %s); accepted events wait until it runs again",
+                      self._process.exitcode)  # fmt: skip
+        if now < self._next_start_at:
+            return False
+        self._process.join(timeout=0)
+        self._process = self._new_process()
+        self.start()
+        self.restarts += 1
+        self._down_since = None
+        self._next_start_at = now + self._backoff_s
+        self._backoff_s = min(self._backoff_s * 2, RESTART_BACKOFF_MAX_S)
+        log.warning("started the feedback relay again (%d restarts)", self.restarts)
+        return True
+
+    def down_for(self) -> float:
+        """Seconds the relay has been seen dead (0 while it runs)."""
+        return 0.0 if self._down_since is None else time.monotonic() - self._down_since
 
     def wake(self) -> None:
         """Tell the relay that events were committed (a byte down a pipe; dropped when full)."""
@@ -266,6 +313,7 @@ class RelayProcess:
 
     def stop(self, drain_s: float = 5.0, pending: Callable[[], int] = lambda: 0) -> None:
         """Give the relay `drain_s` to publish what is pending, then stop it."""
+        self._stopping = True
         deadline = time.monotonic() + drain_s
         while self._process.is_alive() and pending() and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -1,11 +1,14 @@
-"""Nothing accepted is lost: the broker or the feedback service SIGKILLed mid-stream.
+"""Nothing accepted is lost: the broker, the feedback service or its relay SIGKILLed mid-stream.
 
 Each test runs its own broker and feedback service, so the faults touch nothing else.
 """
 
+import os
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -139,6 +142,37 @@ def test_feedback_service_sigkill_mid_stream_loses_nothing(tmp_path):
         assert len(by_key) == TOTAL
         # A redelivered event (killed between publish and mark) keeps its event id.
         assert all(len(ids) == 1 for ids in by_key.values())
+    finally:
+        stop_process(server.process)
+        broker.stop()
+
+
+def relay_pid(service_pid: int) -> int:
+    """The relay: the feedback service's child started by multiprocessing's spawn."""
+    children = Path(f"/proc/{service_pid}/task/{service_pid}/children").read_text().split()
+    for child in children:
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+        if b"spawn_main" in cmdline:
+            return int(child)
+    raise AssertionError(f"no relay among the children {children} of {service_pid}")
+
+
+def test_a_relay_killed_on_its_own_is_started_again_and_publishes_what_was_accepted(tmp_path):
+    broker = Broker(port=free_port()).start()
+    server = start_feedback(tmp_path, feedback_env(tmp_path, broker.bootstrap))
+    try:
+        first = relay_pid(server.process.pid)
+        os.kill(first, signal.SIGKILL)  # the OOM killer's way: the service itself lives on
+        with httpx.Client() as client:
+            accepted = {submit_until_accepted(client, server.url, i, time.monotonic() + 60) for i in range(20)}
+        wait_drained(server.url, timeout=60)  # published by the new relay
+        events = consume(broker.bootstrap, TOPIC_FEEDBACK, events_pb2.FeedbackEvent.FromString,
+                         lambda evs: accepted <= {e.event_id for e in evs}, timeout_s=60)  # fmt: skip
+        assert accepted <= {e.event_id for e in events}
+        assert relay_pid(server.process.pid) != first
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert "flywheel_feedback_relay_restarts_total 1.0" in metrics
+        assert httpx.get(f"{server.url}/healthz").status_code == 200
     finally:
         stop_process(server.process)
         broker.stop()
