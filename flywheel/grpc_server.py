@@ -1,12 +1,15 @@
-"""One way to start a gRPC server: asyncio, insecure port on the service's host, health checking."""
+"""One way to start a gRPC server: asyncio, insecure port on the service's host, health checking, and
+requests that are no message of their type answered INVALID_ARGUMENT (grpc's own answer is UNKNOWN).
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from urllib.parse import unquote
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pydantic import SecretStr
 
@@ -35,6 +38,40 @@ async def require_admin(context: grpc.aio.ServicerContext, admin_key: SecretStr)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, "the admin key is required (authorization: Bearer <key>)")
 
 
+class DecodeRequests(grpc.aio.ServerInterceptor):
+    """Parse each request inside the call, so that bytes which are no message of its type get
+    INVALID_ARGUMENT with the reason; grpc parses them before the handler and answers UNKNOWN
+    ("Unexpected DecodeError"), a server error for what is the client's."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse = handler.request_deserializer
+
+        async def parsed(data: bytes, context: grpc.aio.ServicerContext):
+            try:
+                return parse(data)
+            except DecodeError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid message: {exc}")
+
+        if handler.unary_unary is not None:
+            async def unary_unary(data, context):
+                return await handler.unary_unary(await parsed(data, context), context)
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, response_serializer=handler.response_serializer)
+        if handler.stream_unary is not None:
+            async def stream_unary(requests: AsyncIterator[bytes], context):
+                async def each():
+                    async for data in requests:
+                        yield await parsed(data, context)
+
+                return await handler.stream_unary(each(), context)
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary, response_serializer=handler.response_serializer)
+        return handler  # unary-stream and stream-stream: none in Flywheel's services
+
+
 async def start_grpc_server(
     register: Callable[[grpc.aio.Server], None],
     service_name: str,
@@ -43,7 +80,7 @@ async def start_grpc_server(
     options: Sequence[tuple[str, object]] = (),
 ) -> grpc.aio.Server:
     """Start a server with `register(server)`'s servicers; health reports SERVING once it listens."""
-    server = grpc.aio.server(options=list(options))
+    server = grpc.aio.server(options=list(options), interceptors=[DecodeRequests()])
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
