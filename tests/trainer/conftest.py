@@ -66,8 +66,10 @@ class TrainerProcess:
         stop_process(self.process)
 
 
-def start_trainer(tmp: Path, kafka: str, model: Path, **extra: str) -> TrainerProcess:
-    port, grpc_port = free_port(), free_port()
+def start_trainer(tmp: Path, kafka: str, model: Path, port: int | None = None, grpc_port: int | None = None,
+                  **extra: str) -> TrainerProcess:  # fmt: skip
+    """The one way tests start a trainer process (`flywheel train`, fast settings; `extra`: more env)."""
+    port, grpc_port = port or free_port(), grpc_port or free_port()
     env = dict(os.environ)
     env.update(fast_env())
     env.update({"FLYWHEEL_DATA_DIR": str(tmp / "data"), "FLYWHEEL_KAFKA_BOOTSTRAP": kafka,

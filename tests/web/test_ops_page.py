@@ -8,10 +8,8 @@ service that is down must each say so on the page.
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ from flywheel.settings import TOPIC_COMPLETIONS, TOPIC_FEEDBACK
 from flywheel.store import ModelStore
 from tests.conftest import ADMIN_KEY, free_port, serving_env, start_serving, stop_process
 from tests.serving.versions import make_lora_version
-from tests.trainer.conftest import TrainerProcess, fast_env
+from tests.trainer.conftest import start_trainer
 from tests.trainer.synthetic import completion, feedback
 from tests.web.conftest import PageStack
 from trainer.dataset import DatasetStore
@@ -70,15 +68,12 @@ def ops_stack(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Ops
                       FLYWHEEL_REPLICA_ID="ops-replica")  # fmt: skip
     server = start_serving(tiny_model, tmp, env, port=serving_port, wait=False)
     serving, serving_log = server.process, server.log_path
-    trainer_env = {**os.environ, **fast_env(), "FLYWHEEL_DATA_DIR": str(tmp / "trainer-data"),
-                   "FLYWHEEL_KAFKA_BOOTSTRAP": broker.bootstrap, "FLYWHEEL_CORS_ORIGINS": serving_url,
-                   "FLYWHEEL_ROUNDS__MIN_NEW_FEEDBACK": "1000000"}  # fmt: skip
-    trainer_args = [sys.executable, "-m", "flywheel.cli", "train", "--model", str(tiny_model),
-                    "--port", str(trainer_port), "--grpc-port", str(trainer_grpc)]  # fmt: skip
-    trainer = TrainerProcess(trainer_url, f"127.0.0.1:{trainer_grpc}", None, tmp / "trainer.log", trainer_args,
-                             trainer_env)  # fmt: skip
+    trainer = None
     try:
-        trainer.restart()  # starts it; serving loads its engine meanwhile
+        # Started while serving loads its engine.
+        trainer = start_trainer(tmp, broker.bootstrap, tiny_model, port=trainer_port, grpc_port=trainer_grpc,
+                                FLYWHEEL_DATA_DIR=str(tmp / "trainer-data"), FLYWHEEL_CORS_ORIGINS=serving_url,
+                                FLYWHEEL_ROUNDS__MIN_NEW_FEEDBACK="1000000")  # fmt: skip
         server.wait_ready()
         store = ModelStore(Path(env["FLYWHEEL_DATA_DIR"]) / "store")
         yield OpsStack(
@@ -90,8 +85,8 @@ def ops_stack(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Ops
             bootstrap=broker.bootstrap,
         )
     finally:
-        stop_process(serving)
-        if trainer.process is not None:
+        server.stop()
+        if trainer is not None:
             trainer.stop()
         broker.stop()
 
