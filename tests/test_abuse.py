@@ -1,4 +1,6 @@
-"""A gRPC fuzz of every service (feedback, policy, trainer): random, malformed and oversized requests.
+"""The abuse suite's fuzzing: every gRPC service (feedback, policy, trainer) with random, malformed and
+oversized requests, and schemathesis on the trainer's HTTP API (serving's and feedback's are in
+tests/serving and tests/feedback). Each hole found by the review has its own test beside its code.
 
 Every method of each service gets well-formed messages with random field values (empty, huge,
 negative, NaN, unknown enum numbers, path-like and non-ASCII strings), bytes that are no message at
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 
 import grpc
 import pytest
@@ -20,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flywheel.broker import Broker
 from flywheel.v1 import feedback_pb2, policy_pb2, trainer_pb2
-from tests.conftest import ADMIN_KEY, TEST_API_KEY, free_port
+from tests.conftest import ADMIN_KEY, TEST_API_KEY, free_port, run_schemathesis
 from tests.serving.versions import start_replica
 from tests.trainer.conftest import start_trainer
 
@@ -147,12 +150,23 @@ def test_the_policy_service_answers_every_fuzzed_request_with_a_status(tiny_mode
         broker.stop()
 
 
-def test_the_trainer_service_answers_every_fuzzed_request_with_a_status(tiny_model, broker, tmp_path):
-    trainer = start_trainer(tmp_path, broker.bootstrap, tiny_model, FLYWHEEL_ROUNDS__MIN_NEW_FEEDBACK="1000000")
-    try:
-        service = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"]
-        # No admin key: a fuzzed TriggerRound with the key would start real rounds; the key's checks
-        # and the controls' answers are tests/trainer/test_trainer_process.py's.
-        assert fuzz(trainer.grpc, service, ["", "wrong"], seed=3) == []
-    finally:
-        trainer.stop()
+@pytest.fixture(scope="module")
+def trainer(tiny_model, broker, tmp_path_factory):
+    trainer = start_trainer(tmp_path_factory.mktemp("abuse-trainer"), broker.bootstrap, tiny_model,
+                            FLYWHEEL_ROUNDS__MIN_NEW_FEEDBACK="1000000")  # fmt: skip
+    yield trainer
+    trainer.stop()
+
+
+def test_the_trainer_service_answers_every_fuzzed_request_with_a_status(trainer):
+    service = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"]
+    # No admin key: a fuzzed TriggerRound with the key would start real rounds; the key's checks
+    # and the controls' answers are tests/trainer/test_trainer_process.py's.
+    assert fuzz(trainer.grpc, service, ["", "wrong"], seed=3) == []
+
+
+def test_the_trainers_http_api_gives_no_server_error(trainer):
+    result = run_schemathesis(f"{trainer.url}/openapi.json", max_examples=60)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    generated = re.search(r"(\d+) generated, (\d+) passed", result.stdout)
+    assert generated and int(generated.group(1)) >= 20, result.stdout[-3000:]  # it really asked
