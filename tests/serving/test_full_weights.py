@@ -11,7 +11,6 @@ import asyncio
 import re
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import httpx
@@ -25,6 +24,7 @@ from tests.serving.versions import (
     PROMPT,
     corrupt,
     greedy,
+    keys_on_both_sides,
     make_lora_version,
     policy,
     start_replica,
@@ -65,8 +65,7 @@ def test_a_merged_version_reloads_in_place_under_load_and_a_rollback_restores_th
     async def run() -> subprocess.CompletedProcess:
         stop = asyncio.Event()
         clients = [
-            asyncio.create_task(stream_forever(full_server.url, f"user-{i}-{uuid.uuid4().hex[:6]}", stop, results))
-            for i in range(6)
+            asyncio.create_task(stream_forever(full_server.url, key, stop, results)) for key in keys_on_both_sides(6)
         ]
         try:
             await asyncio.sleep(2)

@@ -13,7 +13,6 @@ import json
 import re
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import httpx
@@ -31,6 +30,7 @@ from tests.serving.versions import (
     PROMPT,
     corrupt,
     greedy,
+    keys_on_both_sides,
     make_lora_version,
     policy,
     start_replica,
@@ -59,8 +59,7 @@ def test_ten_versions_swap_in_under_streaming_load_with_no_failed_request(swap_s
     async def run() -> None:
         stop = asyncio.Event()
         clients = [
-            asyncio.create_task(stream_forever(swap_server.url, f"user-{i}-{uuid.uuid4().hex[:6]}", stop, results))
-            for i in range(8)
+            asyncio.create_task(stream_forever(swap_server.url, key, stop, results)) for key in keys_on_both_sides(8)
         ]
         try:
             await asyncio.sleep(2)

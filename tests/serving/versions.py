@@ -4,6 +4,7 @@ started, asked and streamed to as users would."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from pathlib import Path
 
@@ -36,6 +37,27 @@ def make_lora_version(base_model: Path, store: ModelStore, version: str, seed: i
 
 
 PROMPT = [{"role": "user", "content": "Name three colours."}]
+
+
+def keys_on_both_sides(n: int, fraction: float = 0.5) -> list[str]:
+    """`n` anonymous API keys, half of whose users the router sends to the canary at `fraction`.
+
+    Random keys would leave every user on one side now and then (1 in 128 for 8 users at one
+    half), and a test of canary traffic would then see none.
+    """
+    from flywheel.auth import resolve_user
+    from serving.policy import PolicyRouter
+
+    wanted = {True: n // 2, False: n - n // 2}
+    sides: dict[bool, list[str]] = {True: [], False: []}
+    for i in itertools.count():
+        key = f"user-{i}"
+        on_canary = PolicyRouter.bucket(resolve_user(f"Bearer {key}", {}, True)) < fraction
+        if len(sides[on_canary]) < wanted[on_canary]:
+            sides[on_canary].append(key)
+        if len(sides[True]) == wanted[True] and len(sides[False]) == wanted[False]:
+            return sides[True] + sides[False]
+    raise AssertionError("unreachable")
 
 
 def start_replica(tiny_model: Path, tmp: Path, bootstrap: str, env: dict[str, str] | None = None) -> RunningServer:
