@@ -310,6 +310,26 @@ class DPOSection(BaseModel):
     max_pairs: int = Field(1024, ge=1, description="Most pairs one round trains on (the newest).")
 
 
+class KTOSection(BaseModel):
+    """KTO (TRL 1.12 KTOTrainer) on single rated answers: thumbs up desirable, thumbs down not.
+
+    A comparison or an imported pair gives both: its chosen answer desirable, its rejected one not.
+    """
+
+    beta: float = Field(0.1, gt=0, description="β: how far from the reference the examples may pull the policy.")
+    learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate, constant (policy LoRA).")
+    epochs: float = Field(2.0, gt=0, description="Passes over the round's examples.")
+    min_steps: int = Field(12, ge=1, description="...but at least this many optimiser steps.")
+    batch_size: int = Field(
+        8, ge=2, description="Examples per optimiser step (KTO estimates its KL term within a batch: at least 2)."
+    )
+    max_length: int = Field(448, ge=16, description="Tokens of prompt + answer; longer ones lose their end.")
+    replay_ratio: float = Field(
+        1.0, ge=0.0, description="When the start policy was trained by KTO: older examples replayed per new one."
+    )
+    max_examples: int = Field(2048, ge=2, description="Most examples one round trains on (the newest).")
+
+
 class GateSection(BaseModel):
     """What a round must show before its policy is published."""
 
@@ -357,11 +377,13 @@ class TrainerSettings(CommonSettings):
     seed: int = Field(0, description="Seed of sampling, data splits and training.")
     rounds: RoundTriggerSection = RoundTriggerSection()
     reward: RewardSection = RewardSection()
-    algorithm: Literal["ppo", "dpo"] = Field(
-        "ppo", description="How a round trains the policy: PPO on the reward model, or DPO on the pairs."
+    algorithm: Literal["ppo", "dpo", "kto"] = Field(
+        "ppo",
+        description="How a round trains the policy: PPO on the reward model, DPO on the pairs, KTO on rated answers.",
     )
     ppo: PPOSection = PPOSection()
     dpo: DPOSection = DPOSection()
+    kto: KTOSection = KTOSection()
     gates: GateSection = GateSection()
     rollout: RolloutSection = RolloutSection()
     cors_origins: str = Field(

@@ -26,6 +26,7 @@ def version_message(entry: dict) -> policy_pb2.PolicyVersionInfo:
         parent_version=entry.get("parent_version", ""),
         state=entry["state"],
         kind=entry.get("kind", ""),
+        algorithm=entry.get("algorithm", ""),
     )
     for key, value in entry.get("metrics", {}).items():
         if isinstance(value, int | float):

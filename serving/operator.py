@@ -24,6 +24,7 @@ class VersionView(TypedDict, total=False):
     state: str  # stable | canary | loaded | available | refused | retired
     parent_version: str
     kind: str  # base | lora | full
+    algorithm: str  # how the trainer made it: ppo | dpo | kto ("" for the base and merged weights)
     metrics: dict[str, float]
     swap_seconds: float  # 0 until it was swapped in here
     created_at: float  # versions in the store only
@@ -129,7 +130,8 @@ class OperatorActions:
             else:
                 role = "available"
             entry = self._describe(v, role)
-            entry.update(parent_version=manifest.parent, kind=manifest.kind, metrics=dict(manifest.metrics))
+            entry.update(parent_version=manifest.parent, kind=manifest.kind, metrics=dict(manifest.metrics),
+                         algorithm=str(manifest.extra.get("algorithm", "")))  # fmt: skip
             entry["created_at"] = manifest.created_at
             if v in self.state.retired:
                 entry["note"] = self.state.retired[v]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from flywheel.settings import DPOSection
+from flywheel.settings import DPOSection, KTOSection
 from trainer.hardware import trainer_args
 from trainer.pairs import Pair
 from trainer.ppo import PolicyTraining, load_policy
@@ -33,53 +33,35 @@ log = logging.getLogger(__name__)
 REF_ADAPTER = "ref"  # the name TRL gives the frozen copy of a pretrained adapter
 
 
+def chat_prompt(tokenizer, messages) -> str:
+    """The chat template up to the assistant's turn header: the prompt as serving and the reward model read it."""
+    chat = [{"role": role, "content": content} for role, content in messages]
+    return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+
+
 def dpo_rows(tokenizer, pairs: Sequence[Pair]) -> list[dict[str, str]]:
     """Pairs as TRL's standard (text) preference format, tokenized as serving and the reward model read them.
 
-    The prompt is the chat template up to the assistant's turn header; each answer ends with the
-    end-of-turn token, the one generation stops at (a conversational row would add the template's
-    newline after it, a token the policy never emits).
+    Each answer ends with the end-of-turn token, the one generation stops at (a conversational row
+    would add the template's newline after it, a token the policy never emits).
     """
-    rows = []
-    for pair in pairs:
-        chat = [{"role": role, "content": content} for role, content in pair.messages]
-        prompt = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-        rows.append({"prompt": prompt, "chosen": pair.chosen + tokenizer.eos_token,
-                     "rejected": pair.rejected + tokenizer.eos_token})  # fmt: skip
-    return rows
+    return [
+        {"prompt": chat_prompt(tokenizer, pair.messages), "chosen": pair.chosen + tokenizer.eos_token,
+         "rejected": pair.rejected + tokenizer.eos_token}
+        for pair in pairs
+    ]  # fmt: skip
 
 
-def dpo_steps(config: DPOSection, pairs: int) -> tuple[float, int]:
-    """Epochs and optimiser steps for `pairs`: `epochs`, or more when that would be under `min_steps`."""
-    per_epoch = max(1, -(-pairs // config.batch_size))
+def offline_steps(config: DPOSection | KTOSection, rows: int) -> tuple[float, int]:
+    """Epochs and optimiser steps for `rows`: `epochs`, or more when that would be under `min_steps`."""
+    per_epoch = max(1, -(-rows // config.batch_size))
     epochs = max(config.epochs, config.min_steps / per_epoch)
     return epochs, max(1, round(epochs * per_epoch))
 
 
-def run_dpo(
-    base_model: str,
-    start_adapter: Path | None,
-    pairs: Sequence[Pair],
-    config: DPOSection,
-    lora_rank: int,
-    work_dir: Path,
-    seed: int = 0,
-    report: Callable[[int, int, dict], None] | None = None,
-) -> PolicyTraining:
-    """DPO of the adapter in `start_adapter` (a fresh one when None) on `pairs`; the trained PeftModel."""
-    import warnings
-
-    from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
-
-
-    if not pairs:
-        raise ValueError("DPO needs at least one preference pair")
-    tokenizer = load_tokenizer(base_model)
-    torch.manual_seed(seed)
-    policy = load_policy(base_model, start_adapter, lora_rank)
-    epochs, steps = dpo_steps(config, len(pairs))
-    args = DPOConfig(
+def offline_args(config: DPOSection | KTOSection, work_dir: Path, steps: int, seed: int) -> dict:
+    """What DPO's and KTO's TRL configs share: one constant-rate run of `steps` steps on the policy's LoRA."""
+    return dict(
         output_dir=str(work_dir),
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=1,
@@ -94,6 +76,15 @@ def run_dpo(
         dataset_num_proc=None,
         **trainer_args(seed),
     )
+
+
+def train_offline(make_trainer: Callable[[list], object], report: Callable[[int, int, dict], None] | None):
+    """Build a TRL trainer (given its callbacks), train it; the trained PeftModel, TRL's output, the step logs.
+
+    Only the trained adapter is kept: TRL's frozen "ref" copy of a pretrained adapter is deleted.
+    """
+    import warnings
+
     collected: list[dict] = []
 
     def keep(step: int, total: int, logs: dict) -> None:
@@ -102,25 +93,51 @@ def run_dpo(
         if report:
             report(step, total, logs)
 
-    started = time.monotonic()
     with warnings.catch_warnings():  # "the base model matches your adapter only when fresh": it is, or ref is a copy
         warnings.simplefilter("ignore")
-        trainer = DPOTrainer(
-            model=policy,
-            ref_model=None,  # a PeftModel: TRL keeps the start adapter, frozen, as the reference
-            args=args,
-            train_dataset=Dataset.from_list(dpo_rows(tokenizer, pairs)),
-            processing_class=tokenizer,
-            callbacks=[Progress(keep)],
-        )
+        trainer = make_trainer([Progress(keep)])
     quiet(trainer)
     output = trainer.train()
-    seconds = time.monotonic() - started
     trained = trainer.accelerator.unwrap_model(trainer.model)
     if REF_ADAPTER in getattr(trained, "peft_config", {}):
-        trained.delete_adapter(REF_ADAPTER)  # only the trained adapter is published
+        trained.delete_adapter(REF_ADAPTER)
     trained.set_adapter("default")
     trained.eval()
+    return trained, output, collected
+
+
+def run_dpo(
+    base_model: str,
+    start_adapter: Path | None,
+    pairs: Sequence[Pair],
+    config: DPOSection,
+    lora_rank: int,
+    work_dir: Path,
+    seed: int = 0,
+    report: Callable[[int, int, dict], None] | None = None,
+) -> PolicyTraining:
+    """DPO of the adapter in `start_adapter` (a fresh one when None) on `pairs`; the trained PeftModel."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    if not pairs:
+        raise ValueError("DPO needs at least one preference pair")
+    tokenizer = load_tokenizer(base_model)
+    torch.manual_seed(seed)
+    policy = load_policy(base_model, start_adapter, lora_rank)
+    epochs, steps = offline_steps(config, len(pairs))
+    args = DPOConfig(**offline_args(config, work_dir, steps, seed))
+    rows = Dataset.from_list(dpo_rows(tokenizer, pairs))
+    started = time.monotonic()
+    trained, output, collected = train_offline(
+        lambda callbacks: DPOTrainer(
+            model=policy,
+            ref_model=None,  # a PeftModel: TRL keeps the start adapter, frozen, as the reference
+            args=args, train_dataset=rows, processing_class=tokenizer, callbacks=callbacks,
+        ),
+        report,
+    )  # fmt: skip
+    seconds = time.monotonic() - started
     first, last = (collected[0], collected[-1]) if collected else ({}, {})
     nan = float("nan")
     metrics = {

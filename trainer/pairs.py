@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
+from typing import Protocol, TypeVar
 
 from trainer.records import ExternalPairRow, RankedCompletion, RatedResponse
 
@@ -154,8 +155,15 @@ def build_pairs(
     return result
 
 
-def continuation_pairs(train: Sequence[Pair], since_seq: int, replay_ratio: float, limit: int, seed: int) -> list[Pair]:
-    """What a reward model trained on the pairs up to `since_seq` continues on, in seq order.
+class Sequenced(Protocol):
+    seq: int
+
+
+S = TypeVar("S", bound=Sequenced)
+
+
+def continuation_pairs(train: Sequence[S], since_seq: int, replay_ratio: float, limit: int, seed: int) -> list[S]:
+    """What a model trained on the pairs (or KTO's answers) up to `since_seq` continues on, in seq order.
 
     Every newer pair (the newest `limit`), and `replay_ratio` older pairs per new one drawn at random,
     so the model keeps what it learned while it follows the new feedback. Empty when nothing is new.

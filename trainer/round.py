@@ -29,6 +29,7 @@ from trainer.evaluate import (
     reward_gain,
     sample_answers,
 )  # fmt: skip
+from trainer.kto import kto_examples, run_kto
 from trainer.metrics import TrainerMetrics
 from trainer.pairs import HeldOut, Messages, PairSet, build_pairs, continuation_pairs
 from trainer.ppo import PolicyTraining, encode_prompts, load_policy, run_ppo
@@ -251,28 +252,50 @@ def train_policy(
     ctx: RoundContext, start: Path | None, start_manifest: Manifest | None, reward: RewardModel,
     prompts: list, train_pairs: list, round_id: int,
 ) -> PolicyTraining:  # fmt: skip
-    """The round's policy update: PPO on the reward model's scores, or DPO on the pairs (`algorithm`).
+    """The round's policy update (`algorithm`): PPO on the reward model, DPO on pairs, KTO on rated answers.
 
-    DPO continuing a DPO-trained policy trains on the pairs new since it (with older ones replayed),
-    as the reward model does; from a fresh adapter or a PPO-trained one, on every pair.
+    DPO or KTO continuing a policy the same algorithm trained goes on with the pairs (answers) new
+    since it, older ones replayed, as the reward model does; from a fresh adapter or another
+    algorithm's policy, on all of them. The manifest records the algorithm.
     """
     settings = ctx.settings
-    work = settings.work_dir / f"round-{round_id}" / settings.algorithm
-    if settings.algorithm == "ppo":
-        return run_ppo(ctx.base_model, start, reward, prompts, settings.ppo, work, settings.seed, step_logger("ppo"))
-    config = settings.dpo
-    since = int(start_manifest.extra.get("trained_through_seq", -1)) if start and start_manifest else -1
-    chosen = continuation_pairs(train_pairs, since, config.replay_ratio, config.max_pairs, settings.seed + round_id)
+    algorithm = settings.algorithm
+    work = settings.work_dir / f"round-{round_id}" / algorithm
+    if algorithm == "ppo":
+        trained = run_ppo(ctx.base_model, start, reward, prompts, settings.ppo, work, settings.seed, step_logger("ppo"))
+        trained.extra["algorithm"] = algorithm
+        return trained
+    since = trained_through(start_manifest, algorithm) if start else -1
+    rng_seed, lora_rank, report = settings.seed + round_id, settings.ppo.lora_rank, step_logger(algorithm)
+    if algorithm == "dpo":
+        rows = train_pairs
+        config, limit = settings.dpo, settings.dpo.max_pairs
+        run = run_dpo
+    else:
+        rows = kto_examples(ctx.dataset.rated_responses(), train_pairs, heldout_slice(ctx.dataset, settings))
+        config, limit = settings.kto, settings.kto.max_examples
+        run = run_kto
+    chosen = continuation_pairs(rows, since, config.replay_ratio, limit, rng_seed)
     if not chosen:
-        raise NoNewPairs(f"no preference pair is new since the policy this round starts from (seq {since})")
-    trained = run_dpo(ctx.base_model, start, chosen, config, settings.ppo.lora_rank, work, settings.seed,
-                      step_logger("dpo"))  # fmt: skip
-    trained.extra["trained_through_seq"] = max(p.seq for p in train_pairs)
+        raise NoNewPairs(f"no feedback is new since the policy this round starts from (seq {since})")
+    trained = run(ctx.base_model, start, chosen, config, lora_rank, work, settings.seed, report)
+    trained.extra.update(algorithm=algorithm, trained_through_seq=max(r.seq for r in rows))
     return trained
 
 
+def trained_through(manifest: Manifest | None, algorithm: str) -> int:
+    """The last feedback seq `algorithm` trained the policy of `manifest` on; -1 when another algorithm made it.
+
+    Manifests from before the algorithm was recorded, with a trained_through_seq, were DPO's.
+    """
+    extra = manifest.extra if manifest else {}
+    if extra.get("algorithm", "dpo") != algorithm:
+        return -1
+    return int(extra.get("trained_through_seq", -1))
+
+
 class NoNewPairs(Exception):
-    """A DPO round has nothing new to learn from: it is skipped, not failed."""
+    """A DPO or KTO round has nothing new to learn from: it is skipped, not failed."""
 
 
 def _prompts(ctx: RoundContext):

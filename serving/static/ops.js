@@ -189,6 +189,7 @@ function renderVersions() {
     const note = entry.note || retiredWhy[entry.version] || refused[entry.version] || "";
     row.querySelector(".note").textContent = retired ? `${note} (still loaded here)` : note;
     row.querySelector(".parent").textContent = entry.parent_version || "–";
+    row.querySelector(".algorithm").textContent = (entry.algorithm || "").toUpperCase() || "–";
     row.querySelector(".published").textContent = entry.created_at ? clock(entry.created_at, true) : "–";
     row.querySelector(".accuracy").textContent = number(m.reward_accuracy);
     row.querySelector(".reward").textContent =

@@ -16,7 +16,9 @@ from flywheel.store import Manifest, ModelStore
 from tests.conftest import RunningServer, serving_env, start_serving
 
 
-def make_lora_version(base_model: Path, store: ModelStore, version: str, seed: int, parent: str = "base") -> Manifest:
+def make_lora_version(
+    base_model: Path, store: ModelStore, version: str, seed: int, parent: str = "base", extra: dict | None = None
+) -> Manifest:
     """A LoRA adapter with random (non-zero) weights, so each version answers differently."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -32,7 +34,7 @@ def make_lora_version(base_model: Path, store: ModelStore, version: str, seed: i
                 parameter.normal_(0.0, 0.5)
     return store.publish(
         version, lambda tmp: peft_model.save_pretrained(tmp), parent=parent, base_model=str(base_model),
-        kind=channel.ADAPTER_KIND, metrics={"seed": float(seed)},
+        kind=channel.ADAPTER_KIND, metrics={"seed": float(seed)}, extra=extra,
     )  # fmt: skip
 
 

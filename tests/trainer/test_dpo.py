@@ -11,7 +11,7 @@ from flywheel.settings import DPOSection
 from tests.trainer.conftest import round_context as context
 from tests.trainer.synthetic import traffic
 from trainer import round as round_module
-from trainer.dpo import dpo_rows, dpo_steps
+from trainer.dpo import dpo_rows, offline_steps
 from trainer.pairs import Pair
 from trainer.reward import dialogue_ids, load_tokenizer
 from trainer.round import run_round
@@ -29,10 +29,10 @@ def test_a_dpo_row_tokenizes_as_the_reward_model_and_serving_read_a_dialogue(tau
     assert chosen[: len(prompt)] == prompt and chosen[-1] == tokenizer.eos_token_id
 
 
-def test_dpo_steps_cover_the_epochs_and_at_least_the_minimum():
+def test_offline_steps_cover_the_epochs_and_at_least_the_minimum():
     config = DPOSection(epochs=2, min_steps=12, batch_size=8)
-    assert dpo_steps(config, 200) == (2, 50)
-    epochs, steps = dpo_steps(config, 20)  # 3 batches an epoch: 12 steps take 4 epochs
+    assert offline_steps(config, 200) == (2, 50)
+    epochs, steps = offline_steps(config, 20)  # 3 batches an epoch: 12 steps take 4 epochs
     assert (epochs, steps) == (4, 12)
 
 

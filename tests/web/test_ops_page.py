@@ -91,8 +91,9 @@ def ops_stack(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Ops
         broker.stop()
 
 
-def publish(stack: OpsStack, tiny_model: Path, version: str, seed: int, parent: str) -> None:
-    manifest = make_lora_version(tiny_model, stack.store, version, seed=seed, parent=parent)
+def publish(stack: OpsStack, tiny_model: Path, version: str, seed: int, parent: str, algorithm: str = "ppo") -> None:
+    manifest = make_lora_version(tiny_model, stack.store, version, seed=seed, parent=parent,
+                                 extra={"algorithm": algorithm})  # fmt: skip
     announce(stack.bootstrap, manifest)
     stack.wait_policy(lambda s: s["canary_version"] == version, f"{version} as canary")
 
@@ -164,7 +165,7 @@ def test_the_page_is_served_with_the_trainers_address(ops_stack):
 
 def test_an_operator_promotes_a_canary_and_rolls_back_the_next_from_the_page(page: Page, ops_stack, tiny_model):
     stack = ops_stack
-    publish(stack, tiny_model, "op-v1", seed=1, parent="base")
+    publish(stack, tiny_model, "op-v1", seed=1, parent="base", algorithm="kto")
     send_feedback(stack)
     record_rounds(stack)
     open_ops(page, stack.serving_url)
@@ -178,6 +179,8 @@ def test_an_operator_promotes_a_canary_and_rolls_back_the_next_from_the_page(pag
     expect(page.locator("#canary-fraction")).to_have_text("50%")
     expect(version_row(page, "op-v1").locator(".badge")).to_have_text("canary")
     expect(version_row(page, "op-v1").locator(".parent")).to_have_text("base")
+    expect(version_row(page, "op-v1").locator(".algorithm")).to_have_text("KTO")  # from its manifest
+    expect(version_row(page, "base").locator(".algorithm")).to_have_text("\u2013")
     expect(version_row(page, "base").locator(".badge")).to_have_text("stable")
     row = version_row(page, "op-v1")
     expect(row.locator(".thumbs")).to_have_text("3/4 (75%)", timeout=PAGE_DEADLINE_MS)  # once the trainer has them

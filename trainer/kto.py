@@ -1,0 +1,156 @@
+"""KTO on the policy's LoRA adapter, straight from single rated answers (TRL 1.12's KTOTrainer).
+
+Most live feedback is a thumb on one answer, not a comparison of two. The reward model and DPO
+need pairs, so a lone thumb is paired with a sample of the policy that nobody rated (trainer/
+pairs.py): the pair says as much about that sample as about the rated answer. KTO
+(https://arxiv.org/abs/2402.01306) learns from the thumbs as they are: a thumbs-up answer is a
+desirable example, a thumbs-down one undesirable, and the loss pushes each one's log-ratio to the
+reference above or below a KL estimate of the batch. A comparison or an imported pair gives both
+an example of each kind.
+
+Reference, continuation and gating are DPO's (trainer/dpo.py): the reference is the adapter the
+round starts from, a KTO-trained start goes on with the examples new since it (older ones
+replayed), and the round's reward model still judges what is published.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Container, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from flywheel.settings import KTOSection
+from trainer.dpo import chat_prompt, offline_args, offline_steps, train_offline
+from trainer.pairs import Messages, Pair
+from trainer.ppo import PolicyTraining, load_policy
+from trainer.records import RatedResponse
+from trainer.reward import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+PAIRED_SOURCES = ("comparison", "external")  # pairs whose two answers both carry a user's verdict
+
+
+@dataclass(frozen=True)
+class Example:
+    """One answer with its verdict: desirable (thumbs up, chosen) or not (thumbs down, rejected)."""
+
+    prompt_key: str
+    messages: Messages
+    text: str
+    desirable: bool
+    seq: int
+
+
+def kto_examples(rated: Iterable[RatedResponse], pairs: Iterable[Pair], heldout: Container[str]) -> list[Example]:
+    """The round's KTO examples in seq order: rated answers on training prompts, and both sides of real pairs.
+
+    Pairs built from thumbs are left out: their rated answer is already an example, and the other
+    side is a sample nobody rated. An answer seen twice with one verdict counts once.
+    """
+    found: dict[tuple[str, str, bool], Example] = {}
+    for response in rated:
+        if response.net_rating != 0 and response.prompt_key not in heldout:
+            example = Example(response.prompt_key, response.messages, response.text, response.net_rating > 0,
+                              response.seq)  # fmt: skip
+            found.setdefault((example.prompt_key, example.text, example.desirable), example)
+    for pair in pairs:
+        if pair.source in PAIRED_SOURCES and pair.prompt_key not in heldout:
+            for text, desirable in ((pair.chosen, True), (pair.rejected, False)):
+                example = Example(pair.prompt_key, pair.messages, text, desirable, pair.seq)
+                found.setdefault((pair.prompt_key, text, desirable), example)
+    return sorted(found.values(), key=lambda e: e.seq)
+
+
+def kto_rows(tokenizer, examples: Sequence[Example], seed: int) -> list[dict]:
+    """TRL's unpaired preference format, in a seeded random order.
+
+    KTOTrainer reads its rows in order (it pairs each answer with its neighbour's prompt for the
+    KL estimate), so the order is shuffled here: in seq order a batch would be all one verdict.
+    """
+    rows = [{"prompt": chat_prompt(tokenizer, e.messages), "completion": e.text + tokenizer.eos_token,
+             "label": e.desirable} for e in examples]  # fmt: skip
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def balanced_weights(examples: Sequence[Example]) -> tuple[float, float]:
+    """(desirable, undesirable) loss weights that give both verdicts the same total weight.
+
+    The KTO paper wants desirable_weight x n_desirable / (undesirable_weight x n_undesirable) in
+    [1, 4/3]; thumbs down usually outnumber thumbs up (or the reverse), so the rarer side is
+    weighted up to the other's count: the ratio is 1.
+    """
+    desirable = sum(e.desirable for e in examples)
+    undesirable = len(examples) - desirable
+    if not desirable or not undesirable:
+        return 1.0, 1.0
+    if desirable < undesirable:
+        return undesirable / desirable, 1.0
+    return 1.0, desirable / undesirable
+
+
+def run_kto(
+    base_model: str,
+    start_adapter: Path | None,
+    examples: Sequence[Example],
+    config: KTOSection,
+    lora_rank: int,
+    work_dir: Path,
+    seed: int = 0,
+    report: Callable[[int, int, dict], None] | None = None,
+) -> PolicyTraining:
+    """KTO of the adapter in `start_adapter` (a fresh one when None) on `examples`; the trained PeftModel."""
+    from datasets import Dataset
+    from trl import KTOConfig, KTOTrainer
+
+    if len(examples) < 2:
+        raise ValueError(f"KTO needs at least 2 rated answers, got {len(examples)}")
+    tokenizer = load_tokenizer(base_model)
+    torch.manual_seed(seed)
+    policy = load_policy(base_model, start_adapter, lora_rank)
+    epochs, steps = offline_steps(config, len(examples))
+    desirable_weight, undesirable_weight = balanced_weights(examples)
+    args = KTOConfig(
+        **offline_args(config, work_dir, steps, seed),
+        desirable_weight=desirable_weight,
+        undesirable_weight=undesirable_weight,
+        train_sampling_strategy="sequential",  # the KL estimate pairs neighbours; kto_rows shuffled them
+    )
+    rows = Dataset.from_list(kto_rows(tokenizer, examples, seed))
+    started = time.monotonic()
+    trained, output, collected = train_offline(
+        lambda callbacks: KTOTrainer(
+            model=policy,
+            ref_model=None,  # a PeftModel: TRL keeps the start adapter, frozen, as the reference
+            args=args, train_dataset=rows, processing_class=tokenizer, callbacks=callbacks,
+        ),
+        report,
+    )  # fmt: skip
+    seconds = time.monotonic() - started
+    first, last = (collected[0], collected[-1]) if collected else ({}, {})
+    nan = float("nan")
+    desirable = sum(e.desirable for e in examples)
+    metrics = {
+        "kto_loss": float(output.training_loss),
+        "kto_loss_first": first.get("loss", nan),
+        "kto_loss_last": last.get("loss", nan),
+        "kto_kl_last": last.get("kl", nan),
+        "kto_margin_last": last.get("rewards/margins", nan),
+        "kto_desirable": float(desirable),
+        "kto_undesirable": float(len(examples) - desirable),
+        "kto_desirable_weight": desirable_weight,
+        "kto_undesirable_weight": undesirable_weight,
+        "kto_epochs": epochs,
+        "kto_steps": float(steps),
+        "kto_beta": config.beta,
+    }
+    samples = steps * config.batch_size
+    log.info("KTO: %d steps on %d answers (%d desirable, %.1f epochs) in %.0f s; %s", steps, len(examples),
+             desirable, epochs, seconds, metrics)  # fmt: skip
+    return PolicyTraining(trained, seconds, samples / max(seconds, 1e-9), metrics)
