@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 log = logging.getLogger("bench.learning")
 PROBE_S = 5.0
-PHASES = ("collect", "reward_model", "ppo", "dpo", "evaluate", "publish")  # ppo or dpo: `algorithm`
+PHASES = ("collect", "reward_model", "sft", "ppo", "dpo", "kto", "evaluate", "publish")  # sft when corrections came
 
 
 def free_port() -> int:
@@ -293,7 +293,7 @@ def run_one(preference: str, args: argparse.Namespace, out_dir: Path) -> dict:
         sim_args = [sys.executable, "-m", "flywheel.cli", "simulate", "--preference", preference,
                     "--duration", args.duration, "--serving-url", stack.url("serving"),
                     "--feedback-url", stack.url("feedback"), "--out", str(run_dir / "simulator"),
-                    "--seed", str(args.seed)]  # fmt: skip
+                    "--seed", str(args.seed), "--correction-share", str(args.correction_share)]  # fmt: skip
         started = time.time()
         with open(run_dir / "simulate.log", "w", encoding="utf-8") as sim_log:
             simulate = subprocess.Popen(sim_args, cwd=ROOT, stdout=sim_log, stderr=subprocess.STDOUT)
@@ -337,6 +337,8 @@ def main() -> int:
     parser.add_argument("--models-dir", default=str(ROOT / ".flywheel" / "models"),
                         help="where the converted default model is kept (shared by the runs)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--correction-share", type=float, default=0.0,
+                        help="share of thumbs-down turns whose users also send a rewrite (simulate's)")  # fmt: skip
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results" / "learning")
     parser.add_argument("--set", action="append", metavar="NAME=VALUE",
                         help="a setting for the stack, e.g. algorithm=dpo or dpo.beta=0.2 (repeatable)")

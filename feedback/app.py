@@ -29,7 +29,12 @@ from flywheel.tokens import FeedbackToken
 log = logging.getLogger(__name__)
 
 RELAY_DOWN_UNHEALTHY_S = 30.0  # /healthz fails once the relay stayed dead this long (restarts keep failing)
-_KINDS = {"/v1/feedback": "thumbs", "/v1/comparisons": "comparison", "/v1/preferences/import": "import"}
+_KINDS = {
+    "/v1/feedback": "thumbs",
+    "/v1/comparisons": "comparison",
+    "/v1/corrections": "correction",
+    "/v1/preferences/import": "import",
+}
 
 
 def build_app(settings: FeedbackSettings, start_grpc: bool = True) -> FastAPI:

@@ -12,7 +12,7 @@ import logging
 import grpc
 from pydantic import ValidationError
 
-from feedback.protocol import ComparisonCreate, FeedbackCreate
+from feedback.protocol import ComparisonCreate, CorrectionCreate, FeedbackCreate
 from feedback.service import FeedbackRejected, FeedbackService, Prepared
 from flywheel.auth import Unauthorized, resolve_user
 from flywheel.grpc_server import peer_host
@@ -57,6 +57,17 @@ def comparison_model(request: feedback_pb2.SubmitComparisonRequest) -> Compariso
     )
 
 
+def correction_model(request: feedback_pb2.SubmitCorrectionRequest) -> CorrectionCreate:
+    return CorrectionCreate(
+        completion_id=request.completion_id,
+        choice_index=request.choice_index,
+        feedback_token=request.feedback_token,
+        text=request.text,
+        comment=request.comment or None,
+        idempotency_key=request.idempotency_key or None,
+    )
+
+
 def _validation_message(exc: ValidationError) -> str:
     first = exc.errors()[0]
     return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
@@ -83,6 +94,8 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
         try:
             if kind == "thumbs":
                 return self.service.prepare_thumbs(thumbs_model(request), user)
+            if kind == "correction":
+                return self.service.prepare_correction(correction_model(request), user)
             return self.service.prepare_comparison(comparison_model(request), user)
         except ValidationError as exc:
             raise FeedbackRejected(400, "invalid", _validation_message(exc)) from None
@@ -102,6 +115,9 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
     async def SubmitComparison(self, request, context):
         return await self._unary("comparison", request, context)
 
+    async def SubmitCorrection(self, request, context):
+        return await self._unary("correction", request, context)
+
     async def BulkSubmit(self, request_iterator, context):
         try:
             user = self._user(context)
@@ -114,7 +130,9 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
             kind = item.WhichOneof("item") or "missing"
             try:
                 if kind == "missing":
-                    raise FeedbackRejected(400, "invalid", "each BulkSubmitRequest needs thumbs or comparison")
+                    raise FeedbackRejected(
+                        400, "invalid", "each BulkSubmitRequest needs thumbs, comparison or correction"
+                    )
                 window.append((len(response.results), self._prepare(kind, getattr(item, kind), user)))
                 response.results.add(status=feedback_pb2.FEEDBACK_STATUS_ACCEPTED)
             except FeedbackRejected as exc:

@@ -34,6 +34,18 @@ class FeedbackCreate(BaseModel):
     idempotency_key: IdempotencyKey = None
 
 
+class CorrectionCreate(BaseModel):
+    """A user's rewrite of one choice: the answer they wanted instead (a demonstration and a pair)."""
+
+    model_config = ConfigDict(extra="forbid")
+    completion_id: Id
+    choice_index: Index
+    feedback_token: Token
+    text: Annotated[str, Field(min_length=1, max_length=100_000, description="The rewritten answer.")]
+    comment: Annotated[str, Field(max_length=100_000)] | None = None
+    idempotency_key: IdempotencyKey = None
+
+
 Strength = Literal["much_better", "better", "slightly_better", "tie"]
 
 

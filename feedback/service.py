@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from feedback.metrics import FeedbackMetrics
 from feedback.outbox import Appended, Outbox, OutboxFull, OutboxRecord
-from feedback.protocol import ComparisonCreate, FeedbackCreate, PreferencePair
+from feedback.protocol import ComparisonCreate, CorrectionCreate, FeedbackCreate, PreferencePair
 from flywheel.events import SCHEMA_VERSION, new_event_id, timestamp_now
 from flywheel.hh import MalformedDialogue, split_pair
 from flywheel.limits import RateLimiter
@@ -103,12 +103,15 @@ class FeedbackService:
             return "client:" + hashlib.sha256(f"{user_id}\x1f{client_key}".encode()).hexdigest()
         return None
 
-    def prepare_thumbs(self, body: FeedbackCreate, user_id: str) -> Prepared:
-        kind = "thumbs"
-        if body.comment is not None and len(body.comment) > self.settings.comment_max_chars:
+    def _check_comment(self, comment: str | None) -> None:
+        if comment is not None and len(comment) > self.settings.comment_max_chars:
             raise FeedbackRejected(
                 400, "invalid", f"comment is longer than {self.settings.comment_max_chars} characters", "comment"
             )
+
+    def prepare_thumbs(self, body: FeedbackCreate, user_id: str) -> Prepared:
+        kind = "thumbs"
+        self._check_comment(body.comment)
         unknown = set(body.dimensions or {}) - self._dimensions
         if unknown:
             raise FeedbackRejected(
@@ -132,6 +135,29 @@ class FeedbackService:
             thumbs.dimensions.update(body.dimensions)
         thumbs.flags.extend(flags)
         return Prepared(self._record(event, kind), kind, claims.policy_version, body.rating)
+
+    def prepare_correction(self, body: CorrectionCreate, user_id: str) -> Prepared:
+        """A rewrite of one choice, checked like thumbs on it.
+
+        Whether the rewrite differs from the original is for the trainer to say (it holds the
+        completion; this service never sees answers): a rewrite equal to it gives no pair there.
+        """
+        kind = "correction"
+        self._check_comment(body.comment)
+        if not body.text.strip():
+            raise FeedbackRejected(400, "invalid", "text is empty: send the rewritten answer", "text")
+        if len(body.text) > self.settings.correction_max_chars:
+            raise FeedbackRejected(
+                400, "invalid", f"text is longer than {self.settings.correction_max_chars} characters", "text"
+            )
+        claims = self._claims(body.feedback_token, body.completion_id, body.choice_index, user_id, "feedback_token")
+        self._rate_limit(user_id)
+        key = self._key(user_id, body.idempotency_key)
+        event = self._event(body.completion_id, user_id, claims.policy_version, key, [claims.policy_version])
+        event.correction.CopyFrom(
+            events_pb2.Correction(choice_index=body.choice_index, text=body.text, comment=body.comment or "")
+        )
+        return Prepared(self._record(event, kind), kind, claims.policy_version)
 
     def prepare_comparison(self, body: ComparisonCreate, user_id: str) -> Prepared:
         kind = "comparison"

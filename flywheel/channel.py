@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 
 ADAPTER_KIND = "lora"  # a PEFT LoRA adapter on the base model: what a round publishes
 FULL_KIND = "full"  # full weights (`flywheel merge`): served on the engine's own weights
-KINDS = (ADAPTER_KIND, FULL_KIND)
 
 RESCAN_S = 30.0  # re-read the whole (small) topic this often: survives a broker that lost its log
 
@@ -42,13 +41,17 @@ RESCAN_S = 30.0  # re-read the whole (small) topic this often: survives a broker
 # -- building events
 
 
+def inner(event: events_pb2.PolicyEvent) -> events_pb2.PolicyPublished | events_pb2.RolloutDecision:
+    """What a policy event carries: a publication or a roll-out decision."""
+    return event.published if event.HasField("published") else event.decision
+
+
 def event_time(event: events_pb2.PolicyEvent) -> float:
-    inner = event.published if event.HasField("published") else event.decision
-    return inner.created_at.ToNanoseconds() / 1e9
+    return inner(event).created_at.ToNanoseconds() / 1e9
 
 
 def event_id(event: events_pb2.PolicyEvent) -> str:
-    return (event.published if event.HasField("published") else event.decision).event_id
+    return inner(event).event_id
 
 
 def publication(manifest: Manifest) -> events_pb2.PolicyPublished:
@@ -126,11 +129,11 @@ class PolicySender:
         return self._producer
 
     def send(self, event: events_pb2.PolicyEvent, timeout_s: float = 30.0) -> None:
-        inner = event.published if event.HasField("published") else event.decision
+        key = inner(event).version.encode()
         with self._lock:
             self._open()
             try:
-                future = self._producer.send(TOPIC_POLICY, key=inner.version.encode(), value=event.SerializeToString())
+                future = self._producer.send(TOPIC_POLICY, key=key, value=event.SerializeToString())
                 future.get(timeout_s)
             except KafkaError:
                 close_quietly(self._producer)

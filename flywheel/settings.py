@@ -196,6 +196,9 @@ class FeedbackSettings(CommonSettings):
     max_body_bytes: int = Field(65_536, description="Largest feedback request body.")
     max_import_body_bytes: int = Field(50_000_000, description="Largest preference-import body.")
     comment_max_chars: int = Field(2_000, description="Longest comment accepted.")
+    correction_max_chars: int = Field(
+        8_000, description="Longest rewrite accepted (POST /v1/corrections; 8,000 escaped characters fit the body)."
+    )
     dimensions: str = Field("helpfulness,accuracy,safety,tone", description="Dimension names, 1..5 scores.")
     flags: str = Field("harmful,incorrect,off_topic,unsafe,other", description="Flags a user may raise.")
     rate_limit_per_s: float = Field(50.0, description="Sustained feedback events per user per second.")
@@ -330,6 +333,20 @@ class KTOSection(BaseModel):
     max_examples: int = Field(2048, ge=2, description="Most examples one round trains on (the newest).")
 
 
+class SFTSection(BaseModel):
+    """The supervised phase (TRL 1.12 SFTTrainer) on users' corrections, before the round's PPO, DPO or KTO."""
+
+    min_demonstrations: int = Field(
+        16, ge=1, description="Corrections new since the start policy that a round needs before it runs the phase."
+    )
+    learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate, constant (policy LoRA).")
+    epochs: float = Field(2.0, gt=0, description="Passes over the demonstrations.")
+    min_steps: int = Field(4, ge=1, description="...but at least this many optimiser steps.")
+    batch_size: int = Field(8, ge=1, description="Demonstrations per optimiser step.")
+    max_length: int = Field(448, ge=16, description="Tokens of prompt + answer; longer ones lose their end.")
+    max_demonstrations: int = Field(1024, ge=1, description="Most demonstrations one phase trains on (the newest).")
+
+
 class GateSection(BaseModel):
     """What a round must show before its policy is published."""
 
@@ -384,6 +401,7 @@ class TrainerSettings(CommonSettings):
     ppo: PPOSection = PPOSection()
     dpo: DPOSection = DPOSection()
     kto: KTOSection = KTOSection()
+    sft: SFTSection = SFTSection()
     gates: GateSection = GateSection()
     rollout: RolloutSection = RolloutSection()
     cors_origins: str = Field(

@@ -28,6 +28,7 @@ from trainer.ledger import RoundLedger
 from trainer.records import (
     FEEDBACK_KINDS,
     SCHEMA,
+    CorrectedResponse,
     ExternalPairRow,
     IngestResult,
     RankedCompletion,
@@ -171,6 +172,16 @@ class DatasetStore(RoundLedger, RolloutSignals):
                  event.comparison.strength, created, seq),
             )  # fmt: skip
             self._store_head_to_head(db, event, created)
+        elif kind == "correction":
+            correction = event.correction
+            # One rewrite per user and choice: the latest by created_at stands, as with ratings.
+            db.execute(
+                "INSERT INTO corrections VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
+                " text=excluded.text, comment=excluded.comment, created_at=excluded.created_at, seq=excluded.seq"
+                " WHERE excluded.created_at >= corrections.created_at",
+                (event.completion_id, correction.choice_index, event.user_id, correction.text, correction.comment,
+                 created, seq),
+            )  # fmt: skip
         else:
             pair = event.external_pair
             messages = [(m.role, m.content) for m in pair.prompt]
@@ -207,6 +218,19 @@ class DatasetStore(RoundLedger, RolloutSignals):
                              strength, seq)
             for key, messages, choices, ranking, strength, seq in rows
         ]  # fmt: skip
+
+    def corrections(self) -> list[CorrectedResponse]:
+        """Every rewrite whose completion has arrived, with the original answer, in seq order."""
+        rows = self._query(
+            "SELECT c.prompt_key, c.messages, c.choices, r.choice_index, r.text, r.seq"
+            " FROM corrections r JOIN completions c USING (completion_id) ORDER BY r.seq"
+        )
+        found = []
+        for key, messages, choices, index, text, seq in rows:
+            texts = json.loads(choices)
+            if 0 <= index < len(texts):
+                found.append(CorrectedResponse(key, messages_from_json(messages), texts[index], text, seq))
+        return found
 
     def external_pairs(self) -> list[ExternalPairRow]:
         rows = self._query("SELECT prompt_key, prompt, chosen, rejected, seq FROM external_pairs ORDER BY seq")
@@ -271,10 +295,11 @@ class DatasetStore(RoundLedger, RolloutSignals):
         return dict(self._query("SELECT kind, COUNT(*) FROM events GROUP BY kind"))
 
     def waiting_feedback(self) -> int:
-        """Ratings and comparisons whose completion has not arrived yet."""
+        """Ratings, comparisons and corrections whose completion has not arrived yet."""
         rows = self._query(
             "SELECT (SELECT COUNT(*) FROM ratings WHERE completion_id NOT IN (SELECT completion_id FROM completions))"
             " + (SELECT COUNT(*) FROM comparisons WHERE completion_id NOT IN (SELECT completion_id FROM completions))"
+            " + (SELECT COUNT(*) FROM corrections WHERE completion_id NOT IN (SELECT completion_id FROM completions))"
         )
         return rows[0][0]
 
@@ -295,6 +320,7 @@ class DatasetStore(RoundLedger, RolloutSignals):
             message = events_pb2.Completion() if topic == TOPIC_COMPLETIONS else events_pb2.FeedbackEvent()
             message.ParseFromString(payload)
             yield {"seq": seq, "topic": topic, "kind": kind, "event": MessageToDict(message)}
+
 
 def _check_comparison(event: events_pb2.FeedbackEvent) -> None:
     """A ranking names each choice once, within the choices the event says it compares (ValueError)."""

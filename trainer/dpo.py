@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from flywheel.settings import DPOSection, KTOSection
+from flywheel.settings import DPOSection, KTOSection, SFTSection
 from trainer.hardware import trainer_args
 from trainer.pairs import Pair
 from trainer.ppo import PolicyTraining, load_policy
@@ -52,15 +52,15 @@ def dpo_rows(tokenizer, pairs: Sequence[Pair]) -> list[dict[str, str]]:
     ]  # fmt: skip
 
 
-def offline_steps(config: DPOSection | KTOSection, rows: int) -> tuple[float, int]:
+def offline_steps(config: DPOSection | KTOSection | SFTSection, rows: int) -> tuple[float, int]:
     """Epochs and optimiser steps for `rows`: `epochs`, or more when that would be under `min_steps`."""
     per_epoch = max(1, -(-rows // config.batch_size))
     epochs = max(config.epochs, config.min_steps / per_epoch)
     return epochs, max(1, round(epochs * per_epoch))
 
 
-def offline_args(config: DPOSection | KTOSection, work_dir: Path, steps: int, seed: int) -> dict:
-    """What DPO's and KTO's TRL configs share: one constant-rate run of `steps` steps on the policy's LoRA."""
+def offline_args(config: DPOSection | KTOSection | SFTSection, work_dir: Path, steps: int, seed: int) -> dict:
+    """What the DPO, KTO and SFT configs share: one constant-rate run of `steps` steps on the policy's LoRA."""
     return dict(
         output_dir=str(work_dir),
         per_device_train_batch_size=config.batch_size,
@@ -68,7 +68,6 @@ def offline_args(config: DPOSection | KTOSection, work_dir: Path, steps: int, se
         max_steps=steps,
         learning_rate=config.learning_rate,
         lr_scheduler_type="constant",  # a round is a few dozen steps; warm-up and decay would waste them
-        beta=config.beta,
         max_length=config.max_length,
         pad_to_multiple_of=32,  # few distinct shapes: oneDNN builds kernels per shape
         gradient_checkpointing=False,  # memory is plenty here and recomputing costs 2x
@@ -76,6 +75,15 @@ def offline_args(config: DPOSection | KTOSection, work_dir: Path, steps: int, se
         dataset_num_proc=None,
         **trainer_args(seed),
     )
+
+
+def loss_metrics(prefix: str, output, collected: list[dict]) -> tuple[dict[str, float], dict]:
+    """`<prefix>_loss` (the mean), its first and last step's, and the last step's logs."""
+    first, last = (collected[0], collected[-1]) if collected else ({}, {})
+    nan = float("nan")
+    losses = {f"{prefix}_loss": float(output.training_loss), f"{prefix}_loss_first": first.get("loss", nan),
+              f"{prefix}_loss_last": last.get("loss", nan)}  # fmt: skip
+    return losses, last
 
 
 def train_offline(make_trainer: Callable[[list], object], report: Callable[[int, int, dict], None] | None):
@@ -126,7 +134,7 @@ def run_dpo(
     torch.manual_seed(seed)
     policy = load_policy(base_model, start_adapter, lora_rank)
     epochs, steps = offline_steps(config, len(pairs))
-    args = DPOConfig(**offline_args(config, work_dir, steps, seed))
+    args = DPOConfig(**offline_args(config, work_dir, steps, seed), beta=config.beta)
     rows = Dataset.from_list(dpo_rows(tokenizer, pairs))
     started = time.monotonic()
     trained, output, collected = train_offline(
@@ -138,12 +146,10 @@ def run_dpo(
         report,
     )  # fmt: skip
     seconds = time.monotonic() - started
-    first, last = (collected[0], collected[-1]) if collected else ({}, {})
+    losses, last = loss_metrics("dpo", output, collected)
     nan = float("nan")
     metrics = {
-        "dpo_loss": float(output.training_loss),
-        "dpo_loss_first": first.get("loss", nan),
-        "dpo_loss_last": last.get("loss", nan),
+        **losses,
         "dpo_accuracy_last": last.get("rewards/accuracies", nan),
         "dpo_margin_last": last.get("rewards/margins", nan),
         "dpo_pairs": float(len(pairs)),

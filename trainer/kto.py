@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from flywheel.settings import KTOSection
-from trainer.dpo import chat_prompt, offline_args, offline_steps, train_offline
+from trainer.dpo import chat_prompt, loss_metrics, offline_args, offline_steps, train_offline
 from trainer.pairs import Messages, Pair
 from trainer.ppo import PolicyTraining, load_policy
 from trainer.records import RatedResponse
@@ -33,7 +33,7 @@ from trainer.reward import load_tokenizer
 
 log = logging.getLogger(__name__)
 
-PAIRED_SOURCES = ("comparison", "external")  # pairs whose two answers both carry a user's verdict
+PAIRED_SOURCES = ("comparison", "external", "correction")  # pairs whose two answers both carry a verdict
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,7 @@ def run_kto(
     desirable_weight, undesirable_weight = balanced_weights(examples)
     args = KTOConfig(
         **offline_args(config, work_dir, steps, seed),
+        beta=config.beta,
         desirable_weight=desirable_weight,
         undesirable_weight=undesirable_weight,
         train_sampling_strategy="sequential",  # the KL estimate pairs neighbours; kto_rows shuffled them
@@ -133,13 +134,11 @@ def run_kto(
         report,
     )  # fmt: skip
     seconds = time.monotonic() - started
-    first, last = (collected[0], collected[-1]) if collected else ({}, {})
+    losses, last = loss_metrics("kto", output, collected)
     nan = float("nan")
     desirable = sum(e.desirable for e in examples)
     metrics = {
-        "kto_loss": float(output.training_loss),
-        "kto_loss_first": first.get("loss", nan),
-        "kto_loss_last": last.get("loss", nan),
+        **losses,
         "kto_kl_last": last.get("kl", nan),
         "kto_margin_last": last.get("rewards/margins", nan),
         "kto_desirable": float(desirable),

@@ -52,7 +52,9 @@ class TrainerMetrics:
             registry=r,
         )  # fmt: skip
         self.ppo = Gauge(
-            "flywheel_trainer_ppo", "Last policy update (PPO: score, kl, beta...; DPO: dpo_loss...).", ["stat"],
+            "flywheel_trainer_ppo",
+            "Last policy update (PPO: score, kl, beta...; DPO: dpo_loss...; KTO: kto_loss...).",
+            ["stat"],
             registry=r,
         )
         self.eval = Gauge(

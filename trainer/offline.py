@@ -29,7 +29,7 @@ def export_dataset(settings: TrainerSettings, out: Path) -> dict[Path, int]:
     out.mkdir(parents=True, exist_ok=True)
     rated, ranked, external = store.rated_responses(), store.ranked_completions(), store.external_pairs()
     anchors = store.unrated_choices({r.prompt_key for r in rated})
-    pairs = build_pairs(rated, ranked, external, anchors, heldout_slice(store, settings))
+    pairs = build_pairs(rated, ranked, external, anchors, heldout_slice(store, settings), store.corrections())
     written: dict[Path, int] = {}
     path = out / "pairs.jsonl"
     with open(path, "w", encoding="utf-8") as handle:

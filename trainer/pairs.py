@@ -5,6 +5,7 @@
 - a lone thumb (a prompt whose rated answers all point one way) is paired with the policy's own
   sample for that prompt: an up answer beats it, a down answer loses to it. This keeps a single
   Bradley-Terry objective (TRL's RewardTrainer) and anchors a thumb to what the policy does now;
+- a correction (a user's rewrite of an answer) beats the answer it rewrote;
 - imported pairs are used as they are.
 The held-out slice is chosen by a hash of the prompt: fixed for a prompt, growing with the data,
 and no prompt is on both sides.
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Protocol, TypeVar
 
-from trainer.records import ExternalPairRow, RankedCompletion, RatedResponse
+from trainer.records import CorrectedResponse, ExternalPairRow, RankedCompletion, RatedResponse
 
 TIE = 4  # ComparisonStrength.COMPARISON_STRENGTH_TIE
 MAX_PAIRS_PER_PROMPT = 16
@@ -132,6 +133,16 @@ def thumbs_pairs(
     return pairs, need
 
 
+def is_rewrite(row: CorrectedResponse) -> bool:
+    """A correction that changes more than spacing (one that does not says nothing)."""
+    return " ".join(row.text.split()) != " ".join(row.original.split())
+
+
+def correction_pairs(rows: Iterable[CorrectedResponse]) -> list[Pair]:
+    """A rewrite beats the answer it rewrote."""
+    return [Pair(r.prompt_key, r.messages, r.text, r.original, "correction", r.seq) for r in rows if is_rewrite(r)]
+
+
 def external_pairs(rows: Iterable[ExternalPairRow]) -> list[Pair]:
     return [
         Pair(r.prompt_key, r.messages, r.chosen, r.rejected, "external", r.seq) for r in rows if r.chosen != r.rejected
@@ -144,13 +155,15 @@ def build_pairs(
     external: Iterable[ExternalPairRow],
     anchors: dict[str, list[str]],
     heldout: HeldOut | int,
+    corrections: Iterable[CorrectedResponse] = (),
 ) -> PairSet:
     """Every pair the store's feedback gives, split into train and the held-out slice (a percentage or HeldOut)."""
     if isinstance(heldout, int):
         heldout = HeldOut(heldout)
     from_thumbs, need = thumbs_pairs(rated, anchors)
     result = PairSet(need_samples=need)
-    for pair in sorted([*comparison_pairs(ranked), *from_thumbs, *external_pairs(external)], key=lambda p: p.seq):
+    found = [*comparison_pairs(ranked), *from_thumbs, *external_pairs(external), *correction_pairs(corrections)]
+    for pair in sorted(found, key=lambda p: p.seq):
         (result.heldout if pair.prompt_key in heldout else result.train).append(pair)
     return result
 

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-FEEDBACK_KINDS = ("thumbs", "comparison", "external_pair")
+FEEDBACK_KINDS = ("thumbs", "comparison", "external_pair", "correction")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -56,6 +56,16 @@ CREATE TABLE IF NOT EXISTS comparisons (
     created_at REAL NOT NULL,
     seq INTEGER NOT NULL,
     PRIMARY KEY (completion_id, user_id)
+);
+CREATE TABLE IF NOT EXISTS corrections (
+    completion_id TEXT NOT NULL,
+    choice_index INTEGER NOT NULL,
+    user_id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    comment TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (completion_id, choice_index, user_id)
 );
 CREATE TABLE IF NOT EXISTS external_pairs (
     seq INTEGER PRIMARY KEY,
@@ -138,6 +148,17 @@ class RankedCompletion:
     texts: tuple[str, ...]
     ranking: tuple[int, ...]
     strength: int
+    seq: int
+
+
+@dataclass(frozen=True)
+class CorrectedResponse:
+    """One choice of one completion and a user's rewrite of it (the latest, per user)."""
+
+    prompt_key: str
+    messages: tuple[tuple[str, str], ...]
+    original: str
+    text: str
     seq: int
 
 

@@ -31,10 +31,12 @@ from trainer.evaluate import (
 )  # fmt: skip
 from trainer.kto import kto_examples, run_kto
 from trainer.metrics import TrainerMetrics
-from trainer.pairs import HeldOut, Messages, PairSet, build_pairs, continuation_pairs
+from trainer.pairs import HeldOut, Messages, PairSet, build_pairs, continuation_pairs, is_rewrite
 from trainer.ppo import PolicyTraining, encode_prompts, load_policy, run_ppo
+from trainer.records import CorrectedResponse
 from trainer.reward import RewardModel, load_tokenizer, prompt_ids
 from trainer.reward_update import update_reward_model
+from trainer.sft import run_sft
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ def available_pairs(ctx: RoundContext, parent_version: str) -> PairSet:
     anchors = store.unrated_choices({r.prompt_key for r in rated})
     for key, text in store.samples(parent_version).items():
         anchors.setdefault(key, []).append(text)
-    return build_pairs(rated, ranked, external, anchors, heldout_slice(store, ctx.settings))
+    return build_pairs(rated, ranked, external, anchors, heldout_slice(store, ctx.settings), store.corrections())
 
 
 def heldout_slice(store: DatasetStore, settings: TrainerSettings) -> HeldOut:
@@ -184,8 +186,16 @@ def run_round(ctx: RoundContext, reward_only: bool = False) -> RoundResult:
         start = candidates(ctx).path(candidate.version) if candidate else parent_adapter
         summary["candidate_rounds"] = 1 + (candidate.extra.get("rounds", 0) if candidate else 0)
         start_manifest = candidate or (ctx.policies.manifest(parent_version) if parent_adapter else None)
+        sft_through = int(start_manifest.extra.get("sft_through_seq", -1)) if start and start_manifest else -1
+        demonstrations = new_demonstrations(ctx, sft_through)
+        if len(demonstrations) >= settings.sft.min_demonstrations:  # users' rewrites first, then the RL phase
+            with phases.phase("sft"):
+                start, supervised = supervised_start(ctx, start, demonstrations, round_id)
+            summary.update(supervised.metrics)
+            sft_through = max(d.seq for d in demonstrations)
         with phases.phase(settings.algorithm):
             ppo = train_policy(ctx, start, start_manifest, reward, train_prompts, pairs.train, round_id)
+        ppo.extra["sft_through_seq"] = sft_through
         summary.update(ppo.metrics, **{f"{settings.algorithm}_samples_per_s": ppo.samples_per_s})
         for name, value in ppo.metrics.items():
             m.ppo.labels(name.removeprefix("ppo_")).set(value)
@@ -281,6 +291,26 @@ def train_policy(
     trained = run(ctx.base_model, start, chosen, config, lora_rank, work, settings.seed, report)
     trained.extra.update(algorithm=algorithm, trained_through_seq=max(r.seq for r in rows))
     return trained
+
+
+def new_demonstrations(ctx: RoundContext, since_seq: int) -> list[CorrectedResponse]:
+    """Rewrites on training prompts newer than `since_seq` (the newest `sft.max_demonstrations`)."""
+    heldout = heldout_slice(ctx.dataset, ctx.settings)
+    rows = [r for r in ctx.dataset.corrections() if r.seq > since_seq and r.prompt_key not in heldout and is_rewrite(r)]
+    return rows[-ctx.settings.sft.max_demonstrations :]
+
+
+def supervised_start(
+    ctx: RoundContext, start: Path | None, demonstrations: list[CorrectedResponse], round_id: int
+) -> tuple[Path, PolicyTraining]:
+    """The start policy fine-tuned on the demonstrations, saved as the adapter the RL phase starts from."""
+    settings = ctx.settings
+    work = settings.work_dir / f"round-{round_id}" / "sft"
+    trained = run_sft(ctx.base_model, start, demonstrations, settings.sft, settings.ppo.lora_rank, work,
+                      settings.seed, step_logger("sft"))  # fmt: skip
+    adapter = work / "adapter"
+    trained.policy.save_pretrained(adapter)
+    return adapter, trained
 
 
 def trained_through(manifest: Manifest | None, algorithm: str) -> int:

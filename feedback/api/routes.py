@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 
 from feedback.protocol import (
     ComparisonCreate,
+    CorrectionCreate,
     FeedbackAccepted,
     FeedbackCreate,
     ImportAccepted,
@@ -46,6 +47,14 @@ async def create_feedback(body: FeedbackCreate, request: Request, authorization:
 async def create_comparison(body: ComparisonCreate, request: Request, authorization: str | None = Header(default=None)):
     service = feedback_service(request)
     prepared = service.prepare_comparison(body, caller_id(request, authorization))
+    return _accepted(prepared, await service.submit(prepared, "rest"))
+
+
+@router.post("/v1/corrections", status_code=202, response_model=FeedbackAccepted, responses=_ERRORS)
+async def create_correction(body: CorrectionCreate, request: Request, authorization: str | None = Header(default=None)):
+    """A rewrite of one answer: the trainer learns it as a demonstration and as a pair over the original."""
+    service = feedback_service(request)
+    prepared = service.prepare_correction(body, caller_id(request, authorization))
     return _accepted(prepared, await service.submit(prepared, "rest"))
 
 

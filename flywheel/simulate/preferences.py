@@ -22,6 +22,7 @@ from pathlib import Path
 SATISFIED_AT = 0.5
 
 ScoreFunction = Callable[[str, str], float | bool]
+RewriteFunction = Callable[[str, str], str]  # (prompt, answer) -> the answer as this user would have it
 
 
 class PreferenceError(ValueError):
@@ -30,11 +31,16 @@ class PreferenceError(ValueError):
 
 @dataclass(frozen=True)
 class Preference:
-    """A named scoring rule; `score` checks what a user-supplied function returns."""
+    """A named scoring rule; `score` checks what a user-supplied function returns.
+
+    `rewrite`, where the preference has one, is how such a user corrects an answer (flywheel
+    simulate --correction-share): the built-ins edit the answer toward what they score.
+    """
 
     name: str
     description: str
     function: ScoreFunction
+    rewrite: RewriteFunction | None = None
 
     def score(self, prompt: str, answer: str) -> float:
         try:
@@ -52,6 +58,18 @@ class Preference:
     def satisfied(self, prompt: str, answer: str) -> bool:
         return self.score(prompt, answer) >= SATISFIED_AT
 
+    def correction(self, prompt: str, answer: str) -> str | None:
+        """This user's rewrite of `answer`, when they have one and it scores higher; else None."""
+        if self.rewrite is None:
+            return None
+        try:
+            text = self.rewrite(prompt, answer)
+        except Exception as exc:
+            raise PreferenceError(f"the rewrite of {self.name} raised {type(exc).__name__}: {exc}") from exc
+        if not isinstance(text, str) or not text.strip() or text == answer:
+            return None
+        return text if self.score(prompt, text) > self.score(prompt, answer) else None
+
 
 _WORD = re.compile(r"[\w'\u2019-]+")
 
@@ -68,7 +86,20 @@ def concise(max_words: int = 50) -> Preference:
     def score(_prompt: str, answer: str) -> float:
         return 1.0 / (1.0 + (word_count(answer) / max_words) ** 2)
 
-    return Preference(f"concise:{max_words}", f"prefers short answers, satisfied at {max_words} words or fewer", score)
+    def rewrite(_prompt: str, answer: str) -> str:  # the first sentences that fit in half the words
+        sentences = re.split(r"(?<=[.!?])\s+", answer.strip())
+        kept: list[str] = []
+        for sentence in sentences:
+            if kept and word_count(" ".join([*kept, sentence])) > max_words // 2:
+                break
+            kept.append(sentence)
+        text = " ".join(kept)
+        if word_count(text) > max_words // 2:  # one long sentence: cut it
+            text = " ".join(text.split()[: max(1, max_words // 2)])
+        return text
+
+    return Preference(f"concise:{max_words}", f"prefers short answers, satisfied at {max_words} words or fewer", score,
+                      rewrite)  # fmt: skip
 
 
 def question() -> Preference:
@@ -80,7 +111,10 @@ def question() -> Preference:
             return 1.0
         return 0.25 if "?" in text else 0.0
 
-    return Preference("question", "prefers answers that end with a question", score)
+    def rewrite(_prompt: str, answer: str) -> str:
+        return answer.rstrip() + " Would you like to know more?"
+
+    return Preference("question", "prefers answers that end with a question", score, rewrite)
 
 
 def avoid_word(word: str) -> Preference:
@@ -94,7 +128,10 @@ def avoid_word(word: str) -> Preference:
         count = len(pattern.findall(answer))
         return 1.0 if count == 0 else 0.4 / count
 
-    return Preference(f"avoid-word:{word}", f"dislikes the word {word!r}", score)
+    def rewrite(_prompt: str, answer: str) -> str:
+        return re.sub(r"[ \t]{2,}", " ", pattern.sub("", answer)).strip()
+
+    return Preference(f"avoid-word:{word}", f"dislikes the word {word!r}", score, rewrite)
 
 
 _POLITE = re.compile(r"\b(please|thank you|thanks)\b", re.IGNORECASE)
@@ -107,7 +144,10 @@ def polite() -> Preference:
         count = len(_POLITE.findall(answer))
         return 0.0 if count == 0 else (0.75 if count == 1 else 1.0)
 
-    return Preference("polite", "likes answers that say please or thank you", score)
+    def rewrite(_prompt: str, answer: str) -> str:
+        return f"Thank you for asking! {answer.strip()} Please ask if you would like more."
+
+    return Preference("polite", "likes answers that say please or thank you", score, rewrite)
 
 
 BUILT_IN = {
@@ -164,7 +204,8 @@ def load_function(spec: str) -> Preference:
         pass  # a builtin without a signature: checked when it is first called
     doc = inspect.getdoc(function)
     description = doc.splitlines()[0] if doc else f"user-supplied function {spec}"
-    return Preference(spec, description, function)
+    rewrite = getattr(function, "rewrite", None)  # a user's own corrections: function.rewrite(prompt, answer)
+    return Preference(spec, description, function, rewrite if callable(rewrite) else None)
 
 
 def _import(name: str):

@@ -44,6 +44,7 @@ class SimulationConfig:
     concurrency: int = 4
     noise: float = 0.1
     compare_share: float = 0.25
+    correction_share: float = 0.0  # of thumbs-down turns, the share that also send the user's rewrite
     seed: int = 0
     api_keys: tuple[str, ...] = ()  # one per user when the services require keys
     max_tokens: int | None = None  # None: serving's default
@@ -57,6 +58,8 @@ class SimulationConfig:
             (self.concurrency >= 1, f"--concurrency must be at least 1, got {self.concurrency}"),
             (0.0 <= self.noise <= 1.0, f"--noise must be in [0, 1], got {self.noise}"),
             (0.0 <= self.compare_share <= 1.0, f"--compare-share must be in [0, 1], got {self.compare_share}"),
+            (0.0 <= self.correction_share <= 1.0,
+             f"--correction-share must be in [0, 1], got {self.correction_share}"),
             (not self.api_keys or len(self.api_keys) >= self.users,
              f"{self.users} users but {len(self.api_keys)} API keys: give one --api-key per simulated user"),
         ]  # fmt: skip
@@ -257,6 +260,16 @@ class Simulation:
             }  # fmt: skip
         accepted = await self._submit(feedback, path, body, key)
         self.tally.feedback.append(Feedback(turn, user, version, at, kind, outcome, accepted, flipped, response.id))
+        if accepted and kind == "thumbs" and outcome == "down" and rng.random() < config.correction_share:
+            rewrite = self.preference.correction(prompt, texts[0])
+            if rewrite is not None:
+                body = {"completion_id": response.id, "choice_index": 0, "feedback_token": tokens[0],
+                        "text": rewrite[:8000], "idempotency_key": f"{idempotency_key}-fix"}  # fmt: skip
+                fixed = await self._submit(feedback, "/v1/corrections", body, key)
+                self.tally.feedback.append(
+                    Feedback(turn, user, version, at, "correction", "rewrite", fixed, False, response.id)
+                )
+                accepted = accepted and fixed
         return accepted
 
     async def _submit(self, feedback: httpx.AsyncClient, path: str, body: dict, key: str) -> bool:

@@ -68,7 +68,7 @@ class Feedback:
     user: int
     version: str
     at_s: float
-    kind: str  # "thumbs" or "comparison"
+    kind: str  # "thumbs", "comparison" or "correction"
     outcome: str  # thumbs: "up"/"down"; comparison: its strength ("tie", "better", ...)
     accepted: bool
     flipped: bool
@@ -113,6 +113,7 @@ def cell(answers: list[Answer], feedback: list[Feedback], z: float = Z_95) -> di
         "thumbs_down": sum(f.kind == "thumbs" and f.outcome == "down" for f in accepted),
         "comparisons": sum(f.kind == "comparison" for f in accepted),
         "ties": sum(f.kind == "comparison" and f.outcome == "tie" for f in accepted),
+        "corrections": sum(f.kind == "correction" for f in accepted),
         "events_accepted": len(accepted),
         "events_failed": len(feedback) - len(accepted),
         "flipped_by_noise": sum(f.flipped for f in accepted),

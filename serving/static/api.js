@@ -150,6 +150,11 @@ export function sendComparison(feedbackUrl, body, apiKey) {
   return postFeedback(feedbackUrl, "/v1/comparisons", body, apiKey);
 }
 
+// POST /v1/corrections: the user's rewrite of one choice (a demonstration, and a pair over the original).
+export function sendCorrection(feedbackUrl, body, apiKey) {
+  return postFeedback(feedbackUrl, "/v1/corrections", body, apiKey);
+}
+
 // Where the feedback service is and whether this server takes anonymous users (GET /config.json).
 export async function loadConfig() {
   let response;

@@ -2,7 +2,16 @@
 // service. Model output and user input are only ever set as text (textContent), never parsed as
 // HTML, so nothing a model writes can run in the page.
 
-import { ServiceError, keyedSubmissions, loadConfig, probe, sendComparison, sendThumbs, streamChat } from "./api.js";
+import {
+  ServiceError,
+  keyedSubmissions,
+  loadConfig,
+  probe,
+  sendComparison,
+  sendCorrection,
+  sendThumbs,
+  streamChat,
+} from "./api.js";
 import { KeyPanel } from "./keys.js";
 
 const DIMENSIONS = ["helpfulness", "accuracy", "safety", "tone"];
@@ -137,6 +146,27 @@ function collectThumbs(form, result, index, rating) {
   return body;
 }
 
+// Post one piece of feedback from a form: "Sending…", then the thanks (or the error) in `status`,
+// the details folded away once it is recorded.
+async function submitFromForm({ form, status, send, details }, post, thanks) {
+  send.disabled = true;
+  form.dataset.state = "sending";
+  status.textContent = "Sending…";
+  try {
+    const accepted = await post();
+    setService("feedback", "up");
+    form.dataset.state = "sent";
+    status.textContent = accepted.duplicate ? "Already recorded." : thanks;
+    details.hidden = true;
+  } catch (error) {
+    noteFailure(error);
+    form.dataset.state = "error";
+    status.textContent = error.message;
+  } finally {
+    send.disabled = false;
+  }
+}
+
 // Thumbs under one answer: a click picks the rating and opens the optional details; "Send
 // feedback" posts it. A second rating of the same answer replaces the first in the trainer.
 function attachRating(answer, result, index) {
@@ -162,23 +192,48 @@ function attachRating(answer, result, index) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     if (!rating) return;
-    send.disabled = true;
-    form.dataset.state = "sending";
-    status.textContent = "Sending…";
-    try {
-      const body = keyed(collectThumbs(form, result, index, rating));
-      const accepted = await sendThumbs(state.config.feedback_url, body, apiKey.value);
-      setService("feedback", "up");
-      form.dataset.state = "sent";
-      status.textContent = accepted.duplicate ? "Already recorded." : "Thanks, recorded.";
-      details.hidden = true;
-    } catch (error) {
-      noteFailure(error);
-      form.dataset.state = "error";
-      status.textContent = error.message;
-    } finally {
-      send.disabled = false;
+    const body = keyed(collectThumbs(form, result, index, rating));
+    await submitFromForm(
+      { form, status, send, details },
+      () => sendThumbs(state.config.feedback_url, body, apiKey.value),
+      "Thanks, recorded.",
+    );
+  });
+  answer.append(form);
+}
+
+// "Edit" under one answer: the user rewrites it as it should have been; "Send correction" posts
+// the rewrite, which the trainer learns as a demonstration and as a pair over the original.
+function attachCorrection(answer, result, index) {
+  const form = fromTemplate("correction-template");
+  const details = form.querySelector(".correction-details");
+  const status = form.querySelector(".correction-state");
+  const send = details.querySelector('button[type="submit"]');
+  const keyed = keyedSubmissions();
+  form.querySelector(".edit").addEventListener("click", () => {
+    details.hidden = false;
+    if (!form.elements.text.value) form.elements.text.value = result.choices[index].text;
+    status.textContent = "";
+    form.elements.text.focus();
+  });
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const text = form.elements.text.value;
+    if (!text.trim() || text === result.choices[index].text) {
+      status.textContent = "Change the answer first: a correction is your own rewrite.";
+      return;
     }
+    const body = keyed({
+      completion_id: result.id,
+      choice_index: index,
+      feedback_token: result.choices[index].feedbackToken,
+      text,
+    });
+    await submitFromForm(
+      { form, status, send, details },
+      () => sendCorrection(state.config.feedback_url, body, apiKey.value),
+      "Thanks, your correction is recorded.",
+    );
   });
   answer.append(form);
 }
@@ -278,7 +333,10 @@ async function ask(prompt) {
     // Each choice's feedback token comes with its first words; a choice stopped before them can't be rated.
     if (!result.choices.every((choice) => choice.feedbackToken)) return;
     if (compare) attachVerdict(comparison, answers, result);
-    else attachRating(answers[0], result, 0);
+    else {
+      attachRating(answers[0], result, 0);
+      attachCorrection(answers[0], result, 0);
+    }
   } catch (error) {
     noteFailure(error);
     answers.forEach((answer) => failAnswer(answer, error.message));

@@ -88,6 +88,35 @@ def test_comparisons_pair_and_ranking(feedback_server, served, broker):
     assert list(by_id[ids[1]].choice_policy_versions) == ["base", "base"]
 
 
+def correction(completion, index=0, **extra):
+    return {
+        "completion_id": completion["id"],
+        "choice_index": index,
+        "feedback_token": completion["choices"][index]["feedback_token"],
+        "text": "A shorter, clearer answer.",
+        **extra,
+    }
+
+
+def test_a_correction_is_accepted_once_per_key_and_published_with_the_rewrite(feedback_server, served, broker):
+    url = f"{feedback_server.url}/v1/corrections"
+    body = correction(served, 1, comment="say it plainly", idempotency_key="edit-1")
+    first = httpx.post(url, json=body, headers=ALICE)
+    assert first.status_code == 202, first.text
+    retry = httpx.post(url, json=body, headers=ALICE).json()
+    assert retry["event_id"] == first.json()["event_id"] and retry["duplicate"] is True
+    event_id = first.json()["event_id"]
+    events = feedback_events(broker, lambda evs: any(e.event_id == event_id for e in evs))
+    assert sum(e.event_id == event_id for e in events) == 1
+    event = next(e for e in events if e.event_id == event_id)
+    assert event.WhichOneof("kind") == "correction" and event.user_id == TEST_USER
+    assert event.completion_id == served["id"] and event.policy_version == "base"
+    assert event.correction.choice_index == 1 and event.correction.text == "A shorter, clearer answer."
+    assert event.correction.comment == "say it plainly"
+    metrics = httpx.get(f"{feedback_server.url}/metrics").text
+    assert 'flywheel_feedback_events_accepted_total{kind="correction",transport="rest"}' in metrics
+
+
 def _forged(completion, user=TEST_USER):
     return FeedbackToken("not-the-secret").issue(completion["id"], 0, 2, user, "base")
 
@@ -95,7 +124,15 @@ def _forged(completion, user=TEST_USER):
 def _bad_cases(served):
     good = thumbs(served, 0)
     tokens = [c["feedback_token"] for c in served["choices"]]
+    rewrite = correction(served, 0)
     return {
+        "empty rewrite": ("/v1/corrections", {**rewrite, "text": ""}, ALICE, 400),
+        "blank rewrite": ("/v1/corrections", {**rewrite, "text": "  \n "}, ALICE, 400),
+        "rewrite too long": ("/v1/corrections", {**rewrite, "text": "x" * 8001}, ALICE, 400),
+        "rewrite with another choice's token": ("/v1/corrections", {**rewrite, "choice_index": 1}, ALICE, 403),
+        "rewrite with another user's token": ("/v1/corrections", rewrite, BOB, 403),
+        "rewrite without a token": (
+            "/v1/corrections", {k: v for k, v in rewrite.items() if k != "feedback_token"}, ALICE, 400),
         "forged token": ("/v1/feedback", {**good, "feedback_token": _forged(served)}, ALICE, 403),
         "altered token": ("/v1/feedback", {**good, "feedback_token": good["feedback_token"][:-3] + "abc"}, ALICE, 403),
         "other user's token": ("/v1/feedback", good, BOB, 403),
@@ -153,6 +190,7 @@ def test_every_bad_request_is_a_clear_4xx_and_nothing_is_published(feedback_serv
     metrics = httpx.get(f"{feedback_server.url}/metrics").text
     assert 'flywheel_feedback_events_rejected_total{kind="thumbs",reason="other_user"}' in metrics
     assert 'flywheel_feedback_events_rejected_total{kind="comparison",reason="invalid"}' in metrics
+    assert 'flywheel_feedback_events_rejected_total{kind="correction",reason="token_mismatch"}' in metrics
 
 
 def test_thumbs_by_policy_version_metric(feedback_server, served):

@@ -50,6 +50,30 @@ def test_unary_thumbs_and_comparison(stub):
     assert stub.SubmitComparison(comparison, metadata=ALICE).status == feedback_pb2.FEEDBACK_STATUS_ACCEPTED
 
 
+def test_unary_and_bulk_corrections(stub):
+    def rewrite(completion_id: str, index: int = 0, **extra) -> feedback_pb2.SubmitCorrectionRequest:
+        token = SIGNER.issue(completion_id, index, 2, TEST_USER, "base")
+        return feedback_pb2.SubmitCorrectionRequest(completion_id=completion_id, choice_index=index,
+                                                    feedback_token=token, **extra)  # fmt: skip
+
+    result = stub.SubmitCorrection(rewrite("fix-1", 1, text="Better.", comment="tighter"), metadata=ALICE)
+    assert result.status == feedback_pb2.FEEDBACK_STATUS_ACCEPTED and result.event_id
+    for request, metadata, code in [
+        (rewrite("fix-2", text=" "), ALICE, grpc.StatusCode.INVALID_ARGUMENT),  # nothing rewritten
+        (rewrite("fix-3"), ALICE, grpc.StatusCode.INVALID_ARGUMENT),  # no text at all
+        (rewrite("fix-4", text="Better."), BOB, grpc.StatusCode.PERMISSION_DENIED),
+    ]:
+        with pytest.raises(grpc.RpcError) as excinfo:
+            stub.SubmitCorrection(request, metadata=metadata)
+        assert excinfo.value.code() == code
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            assert "text" in excinfo.value.details()  # the field is named
+    items = [feedback_pb2.BulkSubmitRequest(correction=rewrite("fix-5", text="Kinder.")),
+             feedback_pb2.BulkSubmitRequest(correction=rewrite("fix-6", text=""))]  # fmt: skip
+    reply = stub.BulkSubmit(iter(items), metadata=ALICE)
+    assert reply.accepted == 1 and reply.results[1].code == "INVALID_ARGUMENT"
+
+
 @pytest.mark.parametrize(
     ("request_", "metadata", "code"),
     [

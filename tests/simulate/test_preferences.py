@@ -148,3 +148,39 @@ def test_a_function_with_the_wrong_arity_is_refused_at_load(tmp_path):
     for name in ("one", "three"):
         with pytest.raises(PreferenceError, match="must take two arguments"):
             load_preference(f"{path}:{name}")
+
+
+@pytest.mark.parametrize(
+    ("spec", "answer"),
+    [
+        ("concise:20", "Owls hunt at night. " + " ".join(["They are quiet birds."] * 12)),
+        ("concise:20", words(60)),  # one long sentence is cut
+        ("question", "Owls hunt at night."),
+        ("avoid-word:owls", "Owls hunt at night, and owls are quiet."),
+        ("polite", "Owls hunt at night."),
+    ],
+)
+def test_each_built_in_users_rewrite_satisfies_them_where_the_answer_did_not(spec, answer):
+    preference = load_preference(spec)
+    assert not preference.satisfied("q", answer)
+    rewrite = preference.correction("q", answer)
+    assert rewrite and rewrite != answer and preference.satisfied("q", rewrite), rewrite
+
+
+def test_a_liked_answer_gets_no_rewrite_and_a_users_function_may_bring_its_own(tmp_path):
+    assert load_preference("question").correction("q", "Shall we?") is None  # nothing to improve
+    path = write(
+        tmp_path,
+        "mine.py",
+        '''
+        def likes_bananas(prompt, answer):
+            return "banana" in answer.lower()
+
+        likes_bananas.rewrite = lambda prompt, answer: answer + " Bananas help."
+
+        def plain(prompt, answer):
+            return "banana" in answer.lower()
+    ''',
+    )
+    assert load_preference(f"{path}:likes_bananas").correction("q", "Apples.") == "Apples. Bananas help."
+    assert load_preference(f"{path}:plain").correction("q", "Apples.") is None  # no rewrite of its own

@@ -115,6 +115,26 @@ def test_every_turn_chats_then_sends_one_feedback_event_by_the_preference(tmp_pa
     assert "v0001 vs base" in text and "errors: none" in text
 
 
+def test_users_who_dislike_an_answer_send_their_rewrite_at_the_correction_share():
+    fake = FakeStack()
+    simulate(fake, preference="question", compare_share=0.0, correction_share=1.0)  # every answer lacks a "?"
+    thumbs = [body for path, body, _ in fake.feedback if path == "/v1/feedback"]
+    fixes = [body for path, body, _ in fake.feedback if path == "/v1/corrections"]
+    assert len(thumbs) == 20 and all(body["rating"] == "down" for body in thumbs)
+    assert len(fixes) == 20  # one rewrite after each thumbs down, for the same choice and token
+    for body in fixes:
+        number = body["completion_id"].split("-")[1]
+        assert body["text"] == "Yes. Would you like to know more?" and body["feedback_token"] == f"tok-{number}-0"
+    assert len({body["idempotency_key"] for body in fixes} | {body["idempotency_key"] for body in thumbs}) == 40
+
+    none = FakeStack()
+    simulate(none, preference="question", compare_share=0.0)  # the default share: no corrections
+    assert not any(path == "/v1/corrections" for path, _, _ in none.feedback)
+    liked = FakeStack()
+    simulate(liked, preference="concise:10", compare_share=0.0, correction_share=1.0)  # "Yes." satisfies: no rewrite
+    assert not any(path == "/v1/corrections" for path, _, _ in liked.feedback)
+
+
 def test_the_same_seed_sends_the_same_prompts_and_turn_kinds():
     def plan(seed):
         fake = FakeStack()

@@ -81,6 +81,9 @@ def feedback(event: events_pb2.Completion, kind: str, **extra) -> events_pb2.Fee
     )
     if kind == "comparison":
         fb.comparison.ranking.extend([good, 1 - good])
+    elif kind == "correction":  # the curt answer, rewritten politely
+        fb.correction.choice_index = 1 - good
+        fb.correction.text = extra.get("text", "Thank you, please let me rewrite that kindly.")
     elif kind == "up":
         fb.thumbs.choice_index = good
         fb.thumbs.rating = events_pb2.RATING_UP
@@ -90,8 +93,11 @@ def feedback(event: events_pb2.Completion, kind: str, **extra) -> events_pb2.Fee
     return fb
 
 
-def traffic(count: int, seed: int = 0) -> list[tuple[str, bytes]]:
-    """`count` completions, each with one piece of feedback, as (topic, payload) records."""
+def traffic(count: int, seed: int = 0, corrections: int = 0) -> list[tuple[str, bytes]]:
+    """`count` completions, each with one piece of feedback, as (topic, payload) records.
+
+    The first `corrections` completions also get their curt answer rewritten politely.
+    """
     rng = random.Random(seed)
     records = []
     for i in range(count):
@@ -99,6 +105,9 @@ def traffic(count: int, seed: int = 0) -> list[tuple[str, bytes]]:
         kind = ("comparison", "up", "down")[i % 3]
         records.append((TOPIC_COMPLETIONS, event.SerializeToString()))
         records.append((TOPIC_FEEDBACK, feedback(event, kind).SerializeToString()))
+        if i < corrections:
+            text = rng.choice(POLITE).format(t=TOPICS[i % len(TOPICS)].capitalize())
+            records.append((TOPIC_FEEDBACK, feedback(event, "correction", text=text).SerializeToString()))
     return records
 
 

@@ -4,8 +4,10 @@ import random
 
 from flywheel.settings import TOPIC_COMPLETIONS, TOPIC_FEEDBACK
 from flywheel.v1 import events_pb2
-from tests.trainer.synthetic import completion, feedback, traffic
+from tests.trainer.synthetic import completion, feedback, polite_index, traffic
 from trainer.dataset import DatasetStore
+from trainer.kto import kto_examples
+from trainer.pairs import build_pairs
 
 
 def test_replaying_a_batch_stores_nothing_twice(tmp_path):
@@ -135,3 +137,30 @@ def test_anonymous_users_can_be_left_out_of_the_roll_out_signal(tmp_path):
         _rated(store, 10 + i, f"anon-{i:016x}", "down")  # anyone can mint these with a new Bearer string
     assert store.thumbs("v1", since=0) == (1, 5)
     assert store.thumbs("v1", since=0, anonymous=False) == (1, 0)
+
+
+def test_a_correction_is_a_pair_over_the_answer_it_rewrote_and_the_latest_rewrite_stands(tmp_path):
+    store = DatasetStore(tmp_path / "d.sqlite")
+    rng = random.Random(0)
+    events = [completion(i, rng) for i in range(3)]
+    first = feedback(events[0], "correction", text="Please, a first try.")
+    first.created_at.FromSeconds(first.created_at.seconds - 10)
+    later = feedback(events[0], "correction", text="Thank you for asking, kindly put.")
+    unchanged = feedback(events[1], "correction", text=events[1].choices[1 - polite_index(events[1])].text + "  ")
+    waiting = feedback(completion(9, rng), "correction")  # its completion has not arrived
+    store.ingest([(TOPIC_COMPLETIONS, e.SerializeToString()) for e in events]
+                 + [(TOPIC_FEEDBACK, f.SerializeToString()) for f in (later, first, unchanged, waiting)])  # fmt: skip
+    assert store.count_events()["correction"] == 4 and store.waiting_feedback() == 1
+    rows = store.corrections()
+    assert len(rows) == 2  # one per user and choice: the older rewrite, arriving after the newer, did not replace it
+    assert (rows[0].original, rows[0].text) == (
+        events[0].choices[1 - polite_index(events[0])].text,
+        "Thank you for asking, kindly put.",
+    )
+    pairs = build_pairs([], [], [], {}, 0, rows)
+    assert [(p.chosen, p.rejected, p.source) for p in pairs.train] == [
+        ("Thank you for asking, kindly put.", rows[0].original, "correction")
+    ]  # the rewrite that only added spaces gives no pair
+    examples = kto_examples([], pairs.train, heldout=set())
+    assert {(e.text, e.desirable) for e in examples} == {("Thank you for asking, kindly put.", True),
+                                                         (rows[0].original, False)}  # fmt: skip

@@ -77,14 +77,20 @@ def test_a_policy_continues_on_new_feedback_only_from_its_own_algorithm():
 
 
 @pytest.mark.slow
-def test_a_kto_round_publishes_a_policy_that_follows_the_thumbs_and_names_its_algorithm(
+def test_a_kto_round_after_a_supervised_phase_on_corrections_publishes_a_policy_that_follows_the_thumbs(
     taught_policy, tmp_path, monkeypatch
 ):
-    ctx, announced = context(tmp_path, taught_policy, traffic(200), algorithm="kto", kto=KTO)
+    sft = {"min_demonstrations": 8, "learning_rate": 2e-3, "epochs": 1, "max_length": 128}
+    ctx, announced = context(tmp_path, taught_policy, traffic(200, corrections=24), algorithm="kto", kto=KTO, sft=sft)
     trained_on: list[list[Example]] = []
+    starts = []
     real = round_module.run_kto
     monkeypatch.setattr(round_module, "run_kto", lambda model, start, examples, *a, **k: trained_on.append(
-        examples) or real(model, start, examples, *a, **k))  # fmt: skip
+        examples) or starts.append(start) or real(model, start, examples, *a, **k))  # fmt: skip
+    demonstrated = []
+    real_sft = round_module.run_sft
+    monkeypatch.setattr(round_module, "run_sft", lambda model, start, demos, *a, **k: demonstrated.append(
+        (start, demos)) or real_sft(model, start, demos, *a, **k))  # fmt: skip
     others = []
     monkeypatch.setattr(round_module, "run_ppo", lambda *a, **k: others.append(a))
     monkeypatch.setattr(round_module, "run_dpo", lambda *a, **k: others.append(a))
@@ -94,16 +100,23 @@ def test_a_kto_round_publishes_a_policy_that_follows_the_thumbs_and_names_its_al
     assert others == []  # the policy was trained by KTO alone
     assert result.metrics["eval_new_mean_reward"] > result.metrics["eval_parent_mean_reward"] + 0.5, result.metrics
     assert result.metrics["kto_loss_last"] < result.metrics["kto_loss_first"]
+    # The supervised phase ran first, on the rewrites of training prompts, and KTO went on from its adapter.
+    ((sft_start, demos),) = demonstrated
+    heldout = round_module.heldout_slice(ctx.dataset, ctx.settings)
+    assert sft_start is None and 8 <= len(demos) <= 24 and all(d.prompt_key not in heldout for d in demos)
+    assert all("please" in d.text.lower() or "thank" in d.text.lower() for d in demos)
+    assert starts == [ctx.settings.work_dir / f"round-{result.round}" / "sft" / "adapter"]
+    assert result.metrics["sft_loss_last"] < result.metrics["sft_loss_first"] and result.metrics["seconds_sft"] > 0
     assert result.metrics["eval_new_mean_kl"] <= ctx.settings.gates.kl_budget
     (examples,) = trained_on
     # Thumbs up and down (two of every three events) and both sides of the comparisons, none held out.
     assert result.metrics["kto_desirable"] > 0 and result.metrics["kto_undesirable"] > 0
-    heldout = round_module.heldout_slice(ctx.dataset, ctx.settings)
     thumbs = {r.seq for r in ctx.dataset.rated_responses() if r.prompt_key not in heldout}
     assert thumbs and thumbs <= {e.seq for e in examples}
     assert all(e.prompt_key not in heldout for e in examples)
     manifest = ctx.policies.verify(result.version)
     assert manifest.extra["algorithm"] == "kto"
     assert manifest.extra["trained_through_seq"] == max(e.seq for e in examples)
+    assert manifest.extra["sft_through_seq"] == max(d.seq for d in demos)
     assert [f.path for f in manifest.files if "ref" in f.path.split("/")] == []  # TRL's frozen copy is not shipped
     assert [e.version for e in announced] == [result.version]

@@ -17,6 +17,7 @@ from playwright.sync_api import Locator, Page, Route, expect
 
 from tests.conftest import TEST_API_KEY, TEST_USER
 from trainer.dataset import DatasetStore
+from trainer.pairs import build_pairs
 
 pytestmark = pytest.mark.engine
 
@@ -66,8 +67,8 @@ def trainer_events(store: DatasetStore, completion_ids: set[str]) -> dict[str, l
     return found
 
 
-def wait_for_trainer(chat_stack, completion_ids: set[str]) -> dict[str, list[dict]]:
-    """Poll the trainer's SQLite store until each completion has its completion and feedback event."""
+def wait_for_trainer(chat_stack, wanted: dict[str, set[str]]) -> dict[str, list[dict]]:
+    """Poll the trainer's SQLite store until each completion id has the event kinds `wanted` names."""
     deadline = time.monotonic() + EVENT_DEADLINE_S
     while not chat_stack.dataset_path.exists():
         assert time.monotonic() < deadline, "the trainer never created its dataset"
@@ -75,17 +76,17 @@ def wait_for_trainer(chat_stack, completion_ids: set[str]) -> dict[str, list[dic
     store = DatasetStore(chat_stack.dataset_path)
     try:
         while True:
-            found = trainer_events(store, completion_ids)
+            found = trainer_events(store, set(wanted))
             kinds = {cid: {row["kind"] for row in rows} for cid, rows in found.items()}
-            if all(len(kinds.get(cid, ())) >= 2 for cid in completion_ids):
+            if all(need <= kinds.get(cid, set()) for cid, need in wanted.items()):
                 return found
-            assert time.monotonic() < deadline, f"the trainer's store has only {kinds} for {completion_ids}"
+            assert time.monotonic() < deadline, f"the trainer's store has only {kinds} of {wanted}"
             time.sleep(0.5)
     finally:
         store.close()
 
 
-def test_a_person_chats_rates_and_compares_and_the_trainer_stores_both(page: Page, chat_stack):
+def test_a_person_chats_rates_corrects_and_compares_and_the_trainer_stores_each(page: Page, chat_stack):
     open_chat(page, chat_stack.serving_url)
     expect(page.locator("#service-chat")).to_have_attribute("data-state", "up")
     expect(page.locator("#service-feedback")).to_have_attribute("data-state", "up")
@@ -116,6 +117,19 @@ def test_a_person_chats_rates_and_compares_and_the_trainer_stores_both(page: Pag
     assert thumbs["idempotency_key"]  # the page's own, so its retries are one event and a change of mind is not
     assert "authorization" not in thumbs_request.value.headers  # anonymous: no key pasted yet
 
+    # -- an edit: the person rewrites the answer as it should have been
+    answer.get_by_role("button", name="Edit").click()
+    editor = answer.get_by_label("Your answer")
+    expect(editor).to_have_value(text)  # the rewrite starts from the answer
+    answer.get_by_role("button", name="Send correction").click()
+    expect(answer.locator(".correction-state")).to_contain_text("Change the answer first")
+    rewrite = "Owls are birds of prey that hunt at night."
+    editor.fill(rewrite)
+    with page.expect_request("**/v1/corrections") as correction_request:
+        answer.get_by_role("button", name="Send correction").click()
+    expect(answer.locator(".correction-state")).to_have_text("Thanks, your correction is recorded.")
+    assert correction_request.value.post_data_json["idempotency_key"]
+
     # -- compare mode, with an API key pasted into the page: two answers side by side, B preferred
     page.get_by_text("API key", exact=True).click()
     page.get_by_label("API key, kept in this tab only").fill(TEST_API_KEY)
@@ -145,9 +159,19 @@ def test_a_person_chats_rates_and_compares_and_the_trainer_stores_both(page: Pag
     expect(comparison.locator("article.answer").nth(1)).to_have_class("answer preferred")
     compared = comparison_request.value.post_data_json
 
-    # -- both events reach the trainer's store, each beside the completion it judges
-    found = wait_for_trainer(chat_stack, {thumbs["completion_id"], compared["completion_id"]})
-    completion, rating = sorted(found[thumbs["completion_id"]], key=lambda row: row["kind"])
+    # -- every event reaches the trainer's store, each beside the completion it judges
+    found = wait_for_trainer(chat_stack, {thumbs["completion_id"]: {"completion", "thumbs", "correction"},
+                                          compared["completion_id"]: {"completion", "comparison"}})  # fmt: skip
+    rows = {row["kind"]: row for row in found[thumbs["completion_id"]]}
+    completion, rating = rows["completion"], rows["thumbs"]
+    assert rows["correction"]["event"]["correction"]["text"] == rewrite
+    store = DatasetStore(chat_stack.dataset_path)
+    try:  # ... and the next round trains on it: the rewrite beats the answer it rewrote
+        pairs = build_pairs([], [], [], {}, 0, store.corrections())
+    finally:
+        store.close()
+    ours = [(p.rejected, p.source) for p in [*pairs.train, *pairs.heldout] if p.chosen == rewrite]
+    assert ours == [(text, "correction")]  # the store is shared with other tests: their rewrites are there too
     assert completion["event"]["choices"][0]["text"] == text
     assert shown_policy == f"policy {completion['event']['policyVersion']}"
     assert rating["kind"] == "thumbs"
