@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -77,22 +79,53 @@ def offline_args(config: DPOSection | KTOSection | SFTSection, work_dir: Path, s
     )
 
 
-def loss_metrics(prefix: str, output, collected: list[dict]) -> tuple[dict[str, float], dict]:
-    """`<prefix>_loss` (the mean), its first and last step's, and the last step's logs."""
-    first, last = (collected[0], collected[-1]) if collected else ({}, {})
-    nan = float("nan")
-    losses = {f"{prefix}_loss": float(output.training_loss), f"{prefix}_loss_first": first.get("loss", nan),
-              f"{prefix}_loss_last": last.get("loss", nan)}  # fmt: skip
-    return losses, last
+@dataclass
+class OfflineRun:
+    """One DPO, KTO or SFT run: its trained policy, its size and how its loss went."""
+
+    policy: torch.nn.Module
+    seconds: float
+    epochs: float
+    steps: int
+    samples_per_s: float
+    metrics: dict[str, float]  # <kind>_loss (the mean), _loss_first, _loss_last, _epochs, _steps
+    last: dict  # the last step's logs
+
+    def training(self, metrics: dict[str, float]) -> PolicyTraining:
+        return PolicyTraining(self.policy, self.seconds, self.samples_per_s, {**self.metrics, **metrics})
 
 
-def train_offline(make_trainer: Callable[[list], object], report: Callable[[int, int, dict], None] | None):
-    """Build a TRL trainer (given its callbacks), train it; the trained PeftModel, TRL's output, the step logs.
+def fit_offline(
+    kind: str,
+    base_model: str,
+    start_adapter: Path | None,
+    lora_rank: int,
+    config: DPOSection | KTOSection | SFTSection,
+    work_dir: Path,
+    seed: int,
+    size: int,
+    rows: Callable[[object], list[dict]],
+    trainer_class: Callable[..., object],
+    config_class: type,
+    report: Callable[[int, int, dict], None] | None,
+    **extra_args,
+) -> OfflineRun:
+    """Train the adapter in `start_adapter` (a fresh one when None) with a TRL trainer on `rows(tokenizer)`.
 
-    Only the trained adapter is kept: TRL's frozen "ref" copy of a pretrained adapter is deleted.
+    `size` rows make the step count (offline_steps); `config_class` gets offline_args and
+    `extra_args`. Only the trained adapter is kept: TRL's frozen "ref" copy of a pretrained
+    adapter is deleted.
     """
     import warnings
 
+    from datasets import Dataset
+
+    tokenizer = load_tokenizer(base_model)
+    torch.manual_seed(seed)
+    policy = load_policy(base_model, start_adapter, lora_rank)
+    epochs, steps = offline_steps(config, size)
+    args = config_class(**offline_args(config, work_dir, steps, seed), **extra_args)
+    dataset = Dataset.from_list(rows(tokenizer))
     collected: list[dict] = []
 
     def keep(step: int, total: int, logs: dict) -> None:
@@ -101,17 +134,30 @@ def train_offline(make_trainer: Callable[[list], object], report: Callable[[int,
         if report:
             report(step, total, logs)
 
+    started = time.monotonic()
     with warnings.catch_warnings():  # "the base model matches your adapter only when fresh": it is, or ref is a copy
         warnings.simplefilter("ignore")
-        trainer = make_trainer([Progress(keep)])
+        trainer = trainer_class(model=policy, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                callbacks=[Progress(keep)])  # fmt: skip
     quiet(trainer)
     output = trainer.train()
+    seconds = time.monotonic() - started
     trained = trainer.accelerator.unwrap_model(trainer.model)
     if REF_ADAPTER in getattr(trained, "peft_config", {}):
         trained.delete_adapter(REF_ADAPTER)
     trained.set_adapter("default")
     trained.eval()
-    return trained, output, collected
+    first, last = (collected[0], collected[-1]) if collected else ({}, {})
+    nan = float("nan")
+    metrics = {
+        f"{kind}_loss": float(output.training_loss),
+        f"{kind}_loss_first": first.get("loss", nan),
+        f"{kind}_loss_last": last.get("loss", nan),
+        f"{kind}_epochs": epochs,
+        f"{kind}_steps": float(steps),
+    }
+    log.info("%s: %d steps on %d rows (%.1f epochs) in %.0f s", kind.upper(), steps, size, epochs, seconds)
+    return OfflineRun(trained, seconds, epochs, steps, steps * config.batch_size / max(seconds, 1e-9), metrics, last)
 
 
 def run_dpo(
@@ -125,38 +171,20 @@ def run_dpo(
     report: Callable[[int, int, dict], None] | None = None,
 ) -> PolicyTraining:
     """DPO of the adapter in `start_adapter` (a fresh one when None) on `pairs`; the trained PeftModel."""
-    from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
     if not pairs:
         raise ValueError("DPO needs at least one preference pair")
-    tokenizer = load_tokenizer(base_model)
-    torch.manual_seed(seed)
-    policy = load_policy(base_model, start_adapter, lora_rank)
-    epochs, steps = offline_steps(config, len(pairs))
-    args = DPOConfig(**offline_args(config, work_dir, steps, seed), beta=config.beta)
-    rows = Dataset.from_list(dpo_rows(tokenizer, pairs))
-    started = time.monotonic()
-    trained, output, collected = train_offline(
-        lambda callbacks: DPOTrainer(
-            model=policy,
-            ref_model=None,  # a PeftModel: TRL keeps the start adapter, frozen, as the reference
-            args=args, train_dataset=rows, processing_class=tokenizer, callbacks=callbacks,
-        ),
-        report,
+    run = fit_offline(
+        "dpo", base_model, start_adapter, lora_rank, config, work_dir, seed, len(pairs),
+        lambda tokenizer: dpo_rows(tokenizer, pairs),
+        partial(DPOTrainer, ref_model=None),  # a PeftModel: TRL keeps the start adapter, frozen, as the reference
+        DPOConfig, report, beta=config.beta,
     )  # fmt: skip
-    seconds = time.monotonic() - started
-    losses, last = loss_metrics("dpo", output, collected)
     nan = float("nan")
-    metrics = {
-        **losses,
-        "dpo_accuracy_last": last.get("rewards/accuracies", nan),
-        "dpo_margin_last": last.get("rewards/margins", nan),
+    return run.training({
+        "dpo_accuracy_last": run.last.get("rewards/accuracies", nan),
+        "dpo_margin_last": run.last.get("rewards/margins", nan),
         "dpo_pairs": float(len(pairs)),
-        "dpo_epochs": epochs,
-        "dpo_steps": float(steps),
         "dpo_beta": config.beta,
-    }
-    samples = steps * config.batch_size
-    log.info("DPO: %d steps on %d pairs (%.1f epochs) in %.0f s; %s", steps, len(pairs), epochs, seconds, metrics)
-    return PolicyTraining(trained, seconds, samples / max(seconds, 1e-9), metrics)
+    })  # fmt: skip

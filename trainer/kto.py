@@ -15,23 +15,17 @@ replayed), and the round's reward model still judges what is published.
 
 from __future__ import annotations
 
-import logging
 import random
-import time
 from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-import torch
-
 from flywheel.settings import KTOSection
-from trainer.dpo import chat_prompt, loss_metrics, offline_args, offline_steps, train_offline
+from trainer.dpo import chat_prompt, fit_offline
 from trainer.pairs import Messages, Pair
-from trainer.ppo import PolicyTraining, load_policy
+from trainer.ppo import PolicyTraining
 from trainer.records import RatedResponse
-from trainer.reward import load_tokenizer
-
-log = logging.getLogger(__name__)
 
 PAIRED_SOURCES = ("comparison", "external", "correction")  # pairs whose two answers both carry a verdict
 
@@ -106,50 +100,27 @@ def run_kto(
     report: Callable[[int, int, dict], None] | None = None,
 ) -> PolicyTraining:
     """KTO of the adapter in `start_adapter` (a fresh one when None) on `examples`; the trained PeftModel."""
-    from datasets import Dataset
     from trl import KTOConfig, KTOTrainer
 
     if len(examples) < 2:
         raise ValueError(f"KTO needs at least 2 rated answers, got {len(examples)}")
-    tokenizer = load_tokenizer(base_model)
-    torch.manual_seed(seed)
-    policy = load_policy(base_model, start_adapter, lora_rank)
-    epochs, steps = offline_steps(config, len(examples))
     desirable_weight, undesirable_weight = balanced_weights(examples)
-    args = KTOConfig(
-        **offline_args(config, work_dir, steps, seed),
-        beta=config.beta,
-        desirable_weight=desirable_weight,
+    run = fit_offline(
+        "kto", base_model, start_adapter, lora_rank, config, work_dir, seed, len(examples),
+        lambda tokenizer: kto_rows(tokenizer, examples, seed),
+        partial(KTOTrainer, ref_model=None),  # a PeftModel: TRL keeps the start adapter, frozen, as the reference
+        KTOConfig, report, beta=config.beta, desirable_weight=desirable_weight,
         undesirable_weight=undesirable_weight,
         train_sampling_strategy="sequential",  # the KL estimate pairs neighbours; kto_rows shuffled them
-    )
-    rows = Dataset.from_list(kto_rows(tokenizer, examples, seed))
-    started = time.monotonic()
-    trained, output, collected = train_offline(
-        lambda callbacks: KTOTrainer(
-            model=policy,
-            ref_model=None,  # a PeftModel: TRL keeps the start adapter, frozen, as the reference
-            args=args, train_dataset=rows, processing_class=tokenizer, callbacks=callbacks,
-        ),
-        report,
     )  # fmt: skip
-    seconds = time.monotonic() - started
-    losses, last = loss_metrics("kto", output, collected)
     nan = float("nan")
     desirable = sum(e.desirable for e in examples)
-    metrics = {
-        **losses,
-        "kto_kl_last": last.get("kl", nan),
-        "kto_margin_last": last.get("rewards/margins", nan),
+    return run.training({
+        "kto_kl_last": run.last.get("kl", nan),
+        "kto_margin_last": run.last.get("rewards/margins", nan),
         "kto_desirable": float(desirable),
         "kto_undesirable": float(len(examples) - desirable),
         "kto_desirable_weight": desirable_weight,
         "kto_undesirable_weight": undesirable_weight,
-        "kto_epochs": epochs,
-        "kto_steps": float(steps),
         "kto_beta": config.beta,
-    }
-    samples = steps * config.batch_size
-    log.info("KTO: %d steps on %d answers (%d desirable, %.1f epochs) in %.0f s; %s", steps, len(examples),
-             desirable, epochs, seconds, metrics)  # fmt: skip
-    return PolicyTraining(trained, seconds, samples / max(seconds, 1e-9), metrics)
+    })  # fmt: skip

@@ -10,20 +10,13 @@ this phase alone: the round's evaluation gates the final policy against its pare
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
-
 from flywheel.settings import SFTSection
-from trainer.dpo import chat_prompt, loss_metrics, offline_args, offline_steps, train_offline
-from trainer.ppo import PolicyTraining, load_policy
+from trainer.dpo import chat_prompt, fit_offline
+from trainer.ppo import PolicyTraining
 from trainer.records import CorrectedResponse
-from trainer.reward import load_tokenizer
-
-log = logging.getLogger(__name__)
 
 
 def sft_rows(tokenizer, demonstrations: Sequence[CorrectedResponse]) -> list[dict[str, str]]:
@@ -43,34 +36,13 @@ def run_sft(
     report: Callable[[int, int, dict], None] | None = None,
 ) -> PolicyTraining:
     """Supervised fine-tuning of the adapter in `start_adapter` (a fresh one when None) on the rewrites."""
-    from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     if not demonstrations:
         raise ValueError("the supervised phase needs at least one demonstration")
-    tokenizer = load_tokenizer(base_model)
-    torch.manual_seed(seed)
-    policy = load_policy(base_model, start_adapter, lora_rank)
-    epochs, steps = offline_steps(config, len(demonstrations))
-    args = offline_args(config, work_dir, steps, seed)
-    rows = Dataset.from_list(sft_rows(tokenizer, demonstrations))
-    started = time.monotonic()
-    trained, output, collected = train_offline(
-        lambda callbacks: SFTTrainer(
-            model=policy, args=SFTConfig(**args, completion_only_loss=True), train_dataset=rows,
-            processing_class=tokenizer, callbacks=callbacks,
-        ),
-        report,
+    run = fit_offline(
+        "sft", base_model, start_adapter, lora_rank, config, work_dir, seed, len(demonstrations),
+        lambda tokenizer: sft_rows(tokenizer, demonstrations), SFTTrainer, SFTConfig, report,
+        completion_only_loss=True,
     )  # fmt: skip
-    seconds = time.monotonic() - started
-    losses, _ = loss_metrics("sft", output, collected)
-    metrics = {
-        **losses,
-        "sft_demonstrations": float(len(demonstrations)),
-        "sft_epochs": epochs,
-        "sft_steps": float(steps),
-        "sft_seconds": seconds,
-    }
-    log.info("SFT: %d steps on %d demonstrations (%.1f epochs) in %.0f s; %s", steps, len(demonstrations), epochs,
-             seconds, metrics)  # fmt: skip
-    return PolicyTraining(trained, seconds, steps * config.batch_size / max(seconds, 1e-9), metrics)
+    return run.training({"sft_demonstrations": float(len(demonstrations)), "sft_seconds": run.seconds})
