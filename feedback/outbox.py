@@ -185,7 +185,7 @@ class Outbox:
                     results.append(Appended(stored, duplicate=stored != record.event_id))
             _locked(conn.execute, "COMMIT")
         except sqlite3.Error as exc:
-            log.exception("outbox commit failed")
+            log.error("outbox commit failed, %d events refused: %s", len(records), exc)  # a full disk: no traceback
             try:
                 self._writer.execute("ROLLBACK")
             except sqlite3.Error:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import sqlite3
 from collections import Counter
 from dataclasses import dataclass
 
@@ -254,7 +255,11 @@ class FeedbackService:
         except OutboxFull as exc:
             raise FeedbackRejected(503, "outbox_full", f"feedback is not being accepted right now: {exc}",
                                    retry_after=5) from None  # fmt: skip
-        appended = await asyncio.wrap_future(future)
+        try:
+            appended = await asyncio.wrap_future(future)
+        except sqlite3.Error as exc:  # disk full, an I/O error: nothing was stored, so the client may retry
+            raise FeedbackRejected(503, "outbox_unavailable", f"feedback could not be stored right now ({exc})",
+                                   retry_after=5) from None  # fmt: skip
         counts: Counter[tuple[str, ...]] = Counter()  # count first: one metric update per label set
         for item, result in zip(prepared, appended, strict=True):
             if result.duplicate:

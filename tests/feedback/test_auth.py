@@ -1,5 +1,6 @@
 """Without anonymous mode, feedback needs a known API key; limits answer 429 with Retry-After."""
 
+import sqlite3
 import time
 
 from fastapi.testclient import TestClient
@@ -65,3 +66,36 @@ def test_a_non_ascii_or_expired_token_is_a_403_never_a_500(tmp_path):
         assert response.status_code == 403 and response.json()["error"]["code"] == "expired_token"
         assert "expired" in response.json()["error"]["message"]
         assert client.post("/v1/feedback", json=thumbs(), headers=KEY).status_code == 202
+
+
+class FullDisk:
+    """The outbox's writer connection while the disk is full: every insert fails as SQLite's does."""
+
+    def __init__(self, connection) -> None:
+        self.connection = connection
+
+    def executemany(self, *_):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    def __getattr__(self, name):
+        return getattr(self.connection, name)
+
+
+def test_a_full_disk_under_the_outbox_answers_503_and_the_retry_is_accepted_once(tmp_path):
+    app = build_app(settings(tmp_path), start_grpc=False)
+    with TestClient(app) as client:
+        assert client.post("/v1/feedback", json=thumbs(0), headers=KEY).status_code == 202
+        outbox = app.state.outbox
+        outbox._writer = FullDisk(outbox._writer)
+        retried = {**thumbs(1), "idempotency_key": "retry-me"}
+        refused = [client.post("/v1/feedback", json=retried, headers=KEY) for _ in range(3)]
+        assert {r.status_code for r in refused} == {503}, refused[-1].text
+        assert refused[0].json()["error"]["code"] == "outbox_unavailable"
+        assert "full" in refused[0].json()["error"]["message"] and "Retry-After" in refused[0].headers
+        outbox._writer = outbox._writer.connection  # space again
+        accepted = client.post("/v1/feedback", json=retried, headers=KEY)
+        assert accepted.status_code == 202 and accepted.json()["duplicate"] is False
+        assert client.post("/v1/feedback", json=retried, headers=KEY).json()["duplicate"] is True
+        assert client.get("/readyz").json()["outbox_pending"] == 2
+        metrics = client.get("/metrics").text
+        assert 'flywheel_feedback_events_rejected_total{kind="thumbs",reason="outbox_unavailable"} 3.0' in metrics
