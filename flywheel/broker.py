@@ -6,6 +6,7 @@ they do not survive a restart, which is why durability lives in the services (DE
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import logging
 import os
@@ -18,6 +19,22 @@ from pathlib import Path
 from flywheel.kafka import create_topics
 
 log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+try:  # resolved before any fork: the child only calls it
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: Tansu outlives a killed parent there
+    _PRCTL = None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel sends it SIGKILL when the process that started it dies.
+
+    Tansu runs in a session of its own, so a SIGKILL to `flywheel broker` (or its process group)
+    left it holding the port, and every restart by the supervisor failed with "port in use".
+    """
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def tansu_binary() -> Path:
@@ -70,6 +87,7 @@ class Broker:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent,  # one libc call resolved before the fork: no lock to deadlock on
         )
         deadline = time.monotonic() + timeout_s
         while not port_open(self.host, self.port):
