@@ -14,6 +14,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from kafka.errors import KafkaError
+
 from flywheel.channel import ADAPTER_KIND
 from flywheel.rollout import parent_of, read_snapshot
 from flywheel.settings import TrainerSettings
@@ -246,7 +248,10 @@ def run_round(ctx: RoundContext, reward_only: bool = False) -> RoundResult:
                 latency = manifest.created_at - oldest
                 summary["feedback_to_policy_seconds"] = latency
                 m.feedback_to_policy.observe(latency)
-            ctx.announce(manifest)
+            try:
+                ctx.announce(manifest)
+            except KafkaError as exc:  # published all the same: the trainer's loop announces it once Kafka is back
+                log.warning("published %s; its announcement waits for the broker: %s", version, exc)
             keep_candidate(ctx, None, parent_version, round_id, summary)
         m.published.info({"version": version, "parent": parent_version})
         m.published_total.inc()

@@ -6,6 +6,7 @@ The traffic hides one rule (polite answers beat curt ones); the policy writes bo
 from __future__ import annotations
 
 import pytest
+from kafka.errors import KafkaError
 
 from flywheel.settings import DPOSection
 from tests.trainer.conftest import round_context as context
@@ -36,6 +37,10 @@ def test_offline_steps_cover_the_epochs_and_at_least_the_minimum():
     assert (epochs, steps) == (4, 12)
 
 
+def broker_down(manifest) -> None:
+    raise KafkaError("the broker is away")
+
+
 @pytest.mark.slow
 def test_a_dpo_round_publishes_a_policy_that_follows_the_pairs_and_the_next_continues_on_new_ones(
     taught_policy, tmp_path, monkeypatch
@@ -61,7 +66,10 @@ def test_a_dpo_round_publishes_a_policy_that_follows_the_pairs_and_the_next_cont
     assert [e.version for e in announced] == [first.version]
 
     ctx.dataset.ingest(traffic(40, seed=3))
+    ctx.announce = broker_down  # the broker restarted under the round (UnknownProducerIdError, seen so)
     second = run_round(ctx)
+    assert second.outcome == "published", second.reason  # not "failed": the version waits to be announced
+    assert [e.version for e in announced] == [first.version] and ctx.policies.verify(second.version)
     start, pairs = trained_on[1]
     assert start == ctx.policies.path(first.version)  # DPO goes on from the published version
     new = second.metrics["pairs_train"] - first.metrics["pairs_train"]

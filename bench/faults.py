@@ -1,0 +1,444 @@
+"""Fault suite: a short learning loop under `flywheel up` while each part of it is broken in turn (JSON).
+
+A tiny model (built on the fly unless `--model`), settings that let a round run and publish in
+about a minute, and simulated users: chat, then thumbs with an idempotency key of their own,
+retried as a client would (connection errors, 429 and 503, for up to `--retry-s`). The faults,
+in order (`--fault` picks some):
+
+  poison    a record no consumer can use on each topic: garbage bytes, a comparison ranking past
+            its choices, a completion without ids, policies named outside the model store
+  broker    SIGKILL the broker's process group: Tansu forgets every topic, the outbox replays
+  serving   SIGKILL serving's process group, its engine included
+  feedback  SIGKILL the feedback service (its relay dies with it)
+  relay     SIGKILL the relay process alone; the feedback service starts another
+  trainer   SIGKILL the trainer during a round
+  disk      fill the tmpfs the outbox lives on, hold it full, free it (needs root to mount)
+
+After each one: the seconds until every service is healthy again on its own (the supervisor
+restarts what died). At the end: every feedback event answered 202 is in the trainer's store
+exactly once, every version in the model store verifies, and the counts (sent, accepted,
+stored, duplicates, lost) and every chat outcome are printed as one JSON object.
+
+    python bench/faults.py [--fault broker --fault disk] [--hold-s 20] [--out FILE] [--model DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import json
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.learning import Stack  # noqa: E402
+
+log = logging.getLogger("bench.faults")
+FAULTS = ("poison", "broker", "serving", "feedback", "relay", "trainer", "disk")
+ADMIN_KEY = "fault-suite-admin-key"
+USERS = 4
+OUTBOX_TMPFS_BYTES = 16 << 20
+# Rounds that run and publish on a tiny random model in about a minute, so that the faults meet a
+# trainer at work and a serving that swaps versions. Learning is not what this suite measures.
+ACCESS = {"FLYWHEEL_ADMIN_KEY": ADMIN_KEY,
+          "FLYWHEEL_API_KEYS": ",".join(f"fault-key-{i}:fault-user-{i}" for i in range(USERS))}  # fmt: skip
+SETTINGS = {
+    **ACCESS,
+    "FLYWHEEL_MAX_MODEL_LEN": "512", "FLYWHEEL_KV_CACHE_GIB": "1", "FLYWHEEL_MAX_TOKENS_LIMIT": "32",
+    "FLYWHEEL_ROUNDS__MIN_NEW_FEEDBACK": "24", "FLYWHEEL_ROUNDS__MIN_PAIRS": "4",
+    "FLYWHEEL_REWARD__EPOCHS": "1", "FLYWHEEL_REWARD__MIN_STEPS": "2", "FLYWHEEL_REWARD__LORA_RANK": "0",
+    "FLYWHEEL_REWARD__ACCURACY_FLOOR": "0", "FLYWHEEL_REWARD__ACCURACY_TOLERANCE_STDERRS": "100",
+    "FLYWHEEL_PPO__STEPS": "2", "FLYWHEEL_PPO__BATCH_SIZE": "8", "FLYWHEEL_PPO__RESPONSE_LENGTH": "8",
+    "FLYWHEEL_PPO__EPOCHS": "1",
+    "FLYWHEEL_GATES__EVAL_PROMPTS": "4", "FLYWHEEL_GATES__EVAL_SAMPLES": "1",
+    "FLYWHEEL_GATES__MIN_REWARD_GAIN": "-1000", "FLYWHEEL_GATES__MIN_GAIN_STDERRS": "0",  # any gain > 0
+    "FLYWHEEL_GATES__KL_BUDGET": "1000000", "FLYWHEEL_GATES__LENGTH_BAND": "1000",
+    "FLYWHEEL_GATES__MIN_LENGTH_RATIO": "0",
+}  # fmt: skip
+
+
+class Traffic:
+    """Simulated users in threads: chat, then one thumbs per answer, retried with its own key until accepted."""
+
+    def __init__(self, stack: Stack, retry_s: float, threads: int = 2, max_tokens: int = 8, pause_s: float = 0.2,
+                 ) -> None:  # fmt: skip
+        self.stack, self.retry_s, self.max_tokens, self.pause_s = stack, retry_s, max_tokens, pause_s
+        self.seconds: dict[str, list[tuple[float, float]]] = {"chat": [], "feedback": []}  # (when, latency)
+        self.chat = Counter()  # outcome -> count
+        self.feedback = Counter()  # sent, accepted, given_up, and each refusal's status
+        self.accepted: set[str] = set()  # the event ids 202s named
+        self.errors: list[str] = []  # answers no client should get: 5xx but 503, an unexpected 4xx
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._turn = 0
+        self._threads = [threading.Thread(target=self._work, daemon=True) for _ in range(threads)]
+
+    def start(self) -> Traffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self.retry_s + 60)
+
+    def _count(self, counter: Counter, outcome: str, detail: str = "") -> None:
+        with self._lock:
+            counter[outcome] += 1
+            if detail and len(self.errors) < 50:
+                self.errors.append(detail)
+
+    def _work(self) -> None:
+        with httpx.Client(timeout=60) as client:
+            while not self._stop.is_set():
+                with self._lock:
+                    self._turn += 1
+                    turn = self._turn
+                self._one(client, turn)
+                self._stop.wait(self.pause_s)
+
+    def _one(self, client: httpx.Client, turn: int) -> None:
+        headers = {"Authorization": f"Bearer fault-key-{turn % USERS}"}
+        body = {
+            "messages": [{"role": "user", "content": f"Say something about the number {turn}."}],
+            "max_tokens": self.max_tokens,
+        }
+        try:
+            started = time.perf_counter()
+            response = client.post(f"{self.stack.url('serving')}/v1/chat/completions", json=body, headers=headers)
+            self.seconds["chat"].append((time.monotonic(), time.perf_counter() - started))
+        except httpx.HTTPError as exc:
+            self._count(self.chat, "unreachable" if isinstance(exc, httpx.ConnectError) else type(exc).__name__)
+            self._stop.wait(1.0)
+            return
+        if response.status_code != 200:
+            clear = response.status_code in (429, 503)
+            self._count(self.chat, str(response.status_code), "" if clear else f"chat {response.status_code}: "
+                        f"{response.text[:200]}")  # fmt: skip
+            self._stop.wait(1.0)
+            return
+        self._count(self.chat, "ok")
+        answer = response.json()
+        choice = answer["choices"][0]
+        rating = "up" if len((choice["message"]["content"] or "").split()) % 2 == 0 else "down"
+        thumbs = {"completion_id": answer["id"], "choice_index": 0, "rating": rating,
+                  "feedback_token": choice["feedback_token"], "idempotency_key": f"fault-{turn}"}  # fmt: skip
+        self._send(client, thumbs, headers)
+
+    def _send(self, client: httpx.Client, thumbs: dict, headers: dict) -> None:
+        self._count(self.feedback, "sent")
+        deadline = time.monotonic() + self.retry_s
+        while True:
+            try:
+                started = time.perf_counter()
+                response = client.post(f"{self.stack.url('feedback')}/v1/feedback", json=thumbs, headers=headers)
+                self.seconds["feedback"].append((time.monotonic(), time.perf_counter() - started))
+                status = str(response.status_code)
+            except httpx.HTTPError as exc:
+                response, status = None, "unreachable" if isinstance(exc, httpx.ConnectError) else type(exc).__name__
+            if response is not None and response.status_code == 202:
+                with self._lock:
+                    self.feedback["accepted"] += 1
+                    self.accepted.add(response.json()["event_id"])
+                return
+            unclear = response is not None and response.status_code not in (429, 503)
+            detail = f"feedback {status}: {response.text[:200]}" if unclear else ""
+            self._count(self.feedback, f"refused {status}", detail)
+            if unclear or time.monotonic() > deadline:
+                self._count(self.feedback, "given_up")
+                return
+            time.sleep(1.0)
+
+
+def healthy(stack: Stack) -> bool:
+    from flywheel.broker import port_open
+
+    if not port_open("127.0.0.1", stack.ports["broker"]):
+        return False
+    for name in ("serving", "feedback", "trainer"):
+        try:
+            if httpx.get(f"{stack.url(name)}/healthz", timeout=3).status_code != 200:
+                return False
+        except httpx.HTTPError:
+            return False
+    return True
+
+
+def wait_healthy(stack: Stack, timeout_s: float = 300) -> float:
+    started = time.monotonic()
+    time.sleep(1.0)  # a killed process is not noticed at once
+    while not healthy(stack):
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"the stack was not healthy again within {timeout_s:.0f} s; see {stack.log.name}")
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def service_process(stack: Stack, command: str):
+    """The process `flywheel up` started for `command` (broker, serve, feedback, train)."""
+    import psutil
+
+    for process in psutil.Process(stack.process.pid).children():
+        with contextlib.suppress(psutil.Error):
+            if command in process.cmdline()[3:5]:
+                return process
+    raise LookupError(f"no {command} process under flywheel up")
+
+
+def kill_group(stack: Stack, command: str) -> None:
+    os.killpg(service_process(stack, command).pid, signal.SIGKILL)
+
+
+def kill_relay(stack: Stack) -> None:
+    (relay,) = [p for p in service_process(stack, "feedback").children() if "spawn_main" in " ".join(p.cmdline())]
+    relay.send_signal(signal.SIGKILL)
+
+
+def trainer_status(stack: Stack) -> dict:
+    return httpx.get(f"{stack.url('trainer')}/status", timeout=10).json()
+
+
+def kill_trainer_in_a_round(stack: Stack, timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while not trainer_status(stack)["round_running"]:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no round started within {timeout_s:.0f} s")
+        time.sleep(0.5)
+    running = trainer_status(stack)["recent_rounds"][0]["round"]
+    time.sleep(5)  # into the reward model or the policy's training
+    kill_group(stack, "train")
+    return {"round": running}
+
+
+def poison(stack: Stack) -> dict:
+    """Records nothing can use, on every topic; the consumers must skip and count them and go on."""
+    from flywheel.kafka import make_producer
+    from flywheel.settings import TOPIC_COMPLETIONS, TOPIC_FEEDBACK, TOPIC_POLICY
+    from flywheel.v1 import events_pb2
+
+    bad_ranking = events_pb2.FeedbackEvent(event_id="poison-ranking", completion_id="c", idempotency_key="poison",
+                                           choice_policy_versions=["a", "b"],
+                                           comparison=events_pb2.Comparison(ranking=[0, 5]))  # fmt: skip
+    records = [
+        (TOPIC_FEEDBACK, b"\xff\x00 not a protobuf"), (TOPIC_FEEDBACK, bad_ranking.SerializeToString()),
+        (TOPIC_COMPLETIONS, b"\xff\x00 not a protobuf"),
+        (TOPIC_COMPLETIONS, events_pb2.Completion().SerializeToString()),
+        (TOPIC_POLICY, b"\xff\x00 not a protobuf"),
+    ]  # fmt: skip
+    for name in ("../trainer/work/candidates/refused", "/etc"):
+        published = events_pb2.PolicyPublished(event_id=f"poison-{name}", version=name, path=name, kind="lora")
+        records.append((TOPIC_POLICY, events_pb2.PolicyEvent(published=published).SerializeToString()))
+    before = scrape(stack)
+    producer = make_producer(f"127.0.0.1:{stack.ports['broker']}")
+    for topic, value in records:
+        producer.send(topic, value=value)
+    producer.flush()
+    producer.close()
+    time.sleep(10)  # the trainer polls every second, serving's receiver as often
+    after = scrape(stack)
+    return {"records": len(records), **{name: after[name] - before[name] for name in after}}
+
+
+def scrape(stack: Stack) -> dict[str, float]:
+    """Skipped-record counters of the trainer and serving."""
+    values = {"trainer_skipped": 0.0, "serving_skipped": 0.0}
+    for service, metric in (("trainer", "flywheel_trainer_events_invalid_total"),
+                            ("serving", "flywheel_serving_policy_records_skipped_total")):  # fmt: skip
+        for line in httpx.get(f"{stack.url(service)}/metrics", timeout=10).text.splitlines():
+            if line.startswith(metric):
+                values[f"{service}_skipped"] += float(line.rsplit(" ", 1)[1])
+    return values
+
+
+@contextlib.contextmanager
+def outbox_tmpfs(data_dir: Path):
+    """The outbox's directory on a small tmpfs, so the disk can really fill; None where mounting is refused."""
+    target = data_dir / "feedback"
+    target.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={OUTBOX_TMPFS_BYTES}", "tmpfs", str(target)],
+                             capture_output=True, text=True)  # fmt: skip
+    if mounted.returncode != 0:
+        log.warning("no tmpfs under the outbox (%s): the disk fault is skipped", mounted.stderr.strip())
+        yield None
+        return
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+def fill_disk(target: Path, hold_s: float, traffic: Traffic) -> dict:
+    filler = target / "filler"
+    with open(filler, "wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * (1 << 20))
+                out.flush()
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+    refused_before = traffic.feedback["refused 503"]
+    time.sleep(hold_s)
+    refused = traffic.feedback["refused 503"] - refused_before
+    filler.unlink()
+    return {"refused_503_while_full": refused}
+
+
+def stored_feedback(data_dir: Path) -> list[tuple[str, str]]:
+    """(idempotency key, event id) of every feedback event in the trainer's store."""
+    from flywheel.settings import TOPIC_FEEDBACK
+
+    path = data_dir / "trainer" / "dataset.sqlite"
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
+        query = "SELECT idempotency_key, event_id FROM events WHERE topic = ?"
+        return db.execute(query, (TOPIC_FEEDBACK,)).fetchall()
+
+
+def settle(stack: Stack, accepted: set[str], timeout_s: float) -> list[tuple[str, str]]:
+    """Wait until the trainer holds every accepted event (or the time is up)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = stored_feedback(stack.data_dir)
+        if accepted <= {event_id for _, event_id in rows} or time.monotonic() > deadline:
+            return rows
+        time.sleep(2)
+
+
+def feedback_counts(sent: Counter, accepted: set[str], rows: list[tuple[str, str]]) -> dict:
+    """What the users sent against what the trainer stored: each 202 once, nothing lost."""
+    stored_ids = Counter(event_id for _, event_id in rows)
+    keys = Counter(key for key, _ in rows)
+    return {
+        **dict(sent),
+        "stored": len(accepted & set(stored_ids)),
+        "duplicates": sum(n - 1 for n in keys.values() if n > 1) + sum(n - 1 for n in stored_ids.values() if n > 1),
+        "stored_unanswered": len(set(stored_ids) - accepted),  # committed, but its 202 never arrived
+        "lost": len(accepted - set(stored_ids)),
+    }
+
+
+def check_store(data_dir: Path) -> dict:
+    from flywheel.store import ModelStore
+
+    store = ModelStore(data_dir / "store", readonly=True)
+    verified, broken = [], []
+    for entry in sorted((data_dir / "store").iterdir()) if (data_dir / "store").exists() else []:
+        if entry.name.startswith(".tmp-") or not entry.is_dir():
+            continue
+        try:
+            store.verify(entry.name)
+            verified.append(entry.name)
+        except Exception as exc:  # any failure to verify is a half-published version
+            broken.append(f"{entry.name}: {exc}")
+    return {"versions_published": len(verified), "half_published": broken}
+
+
+def run(args: argparse.Namespace) -> dict:
+    from flywheel.models import build_tiny_model
+
+    data_dir = Path(tempfile.mkdtemp(prefix="flywheel-faults-"))
+    model = args.model or str(build_tiny_model(data_dir / "tiny-model"))
+    faults: list[dict] = []
+    with outbox_tmpfs(data_dir / "data") as tmpfs:
+        stack = Stack(data_dir / "data", model, args.stack_log or data_dir / "stack.log", SETTINGS)
+        traffic = None
+        try:
+            stack.wait_ready()
+            traffic = Traffic(stack, args.retry_s).start()
+            time.sleep(args.hold_s)
+            for fault in args.fault or FAULTS:
+                log.info("fault: %s", fault)
+                detail = {}
+                if fault == "poison":
+                    detail = poison(stack)
+                elif fault == "broker":
+                    kill_group(stack, "broker")
+                elif fault == "serving":
+                    kill_group(stack, "serve")
+                elif fault == "feedback":
+                    kill_group(stack, "feedback")
+                elif fault == "relay":
+                    kill_relay(stack)
+                elif fault == "trainer":
+                    detail = kill_trainer_in_a_round(stack, args.round_wait_s)
+                elif fault == "disk":
+                    if tmpfs is None:
+                        faults.append({"fault": fault, "skipped": "mounting a tmpfs was refused (needs root)"})
+                        continue
+                    detail = fill_disk(tmpfs, args.hold_s, traffic)
+                faults.append({"fault": fault, "healthy_after_s": round(wait_healthy(stack), 1), **detail})
+                if fault == "trainer":  # the round it was killed in, as the restarted trainer recorded it
+                    (killed,) = [r for r in trainer_status(stack)["recent_rounds"] if r["round"] == detail["round"]]
+                    faults[-1]["round_killed"] = {key: killed[key] for key in ("round", "outcome", "reason")}
+                log.info("%s", faults[-1])
+                time.sleep(args.hold_s)
+            traffic.stop()
+            rows = settle(stack, traffic.accepted, args.settle_s)
+            rounds = trainer_status(stack).get("recent_rounds", [])
+        finally:
+            if traffic is not None:
+                traffic.stop()
+            stack.stop()
+    result = {
+        "faults": faults,
+        "chat": dict(traffic.chat),
+        "feedback": feedback_counts(traffic.feedback, traffic.accepted, rows),
+        "unexpected_answers": traffic.errors,
+        "rounds": Counter(r.get("outcome") for r in rounds),
+        **check_store(data_dir / "data"),
+    }
+    counts = result["feedback"]
+    result["ok"] = (not counts["lost"] and not counts["duplicates"] and not traffic.errors
+                    and not result["half_published"] and counts["accepted"] > 0)  # fmt: skip
+    if not args.keep_data:
+        import shutil
+
+        shutil.rmtree(data_dir, ignore_errors=True)
+    else:
+        result["data_dir"] = str(data_dir)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fault", action="append", choices=FAULTS, help="faults to apply, in order (default: all)")
+    parser.add_argument("--hold-s", type=float, default=20.0, help="traffic before, between and after faults")
+    parser.add_argument("--retry-s", type=float, default=120.0, help="how long a client retries one thumbs")
+    parser.add_argument("--round-wait-s", type=float, default=300.0, help="the longest wait for a round to kill")
+    parser.add_argument("--settle-s", type=float, default=180.0, help="the longest wait for the store to catch up")
+    parser.add_argument("--model", default="", help="base model (default: a tiny random one built here)")
+    parser.add_argument("--stack-log", type=Path, help="where `flywheel up`'s output goes (default: the data dir)")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument("--keep-data", action="store_true")
+    args = parser.parse_args()
+    from bench.cleanup import stop_on_signals
+
+    stop_on_signals()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    result = run(args)
+    text = json.dumps(result, indent=2, default=str)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
