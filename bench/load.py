@@ -26,8 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.faults import ACCESS, SETTINGS, Traffic, feedback_counts, settle  # noqa: E402
+from bench.faults import SETTINGS  # noqa: E402
 from bench.learning import Stack, parse_duration  # noqa: E402
+from bench.traffic import ACCESS, Traffic, feedback_counts, settle  # noqa: E402
 
 log = logging.getLogger("bench.load")
 SERVICES = {"broker": "broker", "serve": "serving", "feedback": "feedback", "train": "trainer"}
