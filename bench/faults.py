@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import json
 import logging
 import os
 import signal
@@ -44,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.learning import Stack  # noqa: E402
-from bench.traffic import ACCESS, Traffic, feedback_counts, settle  # noqa: E402
+from bench.traffic import ACCESS, Traffic, feedback_counts, report, settle  # noqa: E402
 
 log = logging.getLogger("bench.faults")
 FAULTS = ("poison", "broker", "serving", "feedback", "relay", "trainer", "disk")
@@ -294,18 +293,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("--keep-data", action="store_true")
     args = parser.parse_args()
-    from bench.cleanup import stop_on_signals
-
-    stop_on_signals()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    result = run(args)
-    text = json.dumps(result, indent=2, default=str)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n", encoding="utf-8")
-    print(text)
-    return 0 if result["ok"] else 1
+    return report(run, args)
 
 
 if __name__ == "__main__":

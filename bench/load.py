@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import shutil
 import statistics
@@ -28,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.faults import SETTINGS  # noqa: E402
 from bench.learning import Stack, parse_duration  # noqa: E402
-from bench.traffic import ACCESS, Traffic, feedback_counts, settle  # noqa: E402
+from bench.traffic import ACCESS, Traffic, feedback_counts, report, settle  # noqa: E402
 
 log = logging.getLogger("bench.load")
 SERVICES = {"broker": "broker", "serve": "serving", "feedback": "feedback", "train": "trainer"}
@@ -144,18 +143,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     parse_duration(args.duration)
-    from bench.cleanup import stop_on_signals
-
-    stop_on_signals()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    result = run(args)
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n", encoding="utf-8")
-    print(text)
-    return 0 if result["ok"] else 1
+    return report(run, args)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,15 @@ is up. Every 202's event id is kept, so that the trainer's store can be checked 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
+import logging
 import sqlite3
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -149,3 +153,19 @@ def feedback_counts(sent: Counter, accepted: set[str], rows: list[tuple[str, str
         "stored_unanswered": len(set(stored_ids) - accepted),  # committed, but its 202 never arrived
         "lost": len(accepted - set(stored_ids)),
     }
+
+
+def report(run: Callable[[argparse.Namespace], dict], args: argparse.Namespace) -> int:
+    """A benchmark's `main`: logs, signals that still stop the stack, the run; its JSON printed (and to --out)."""
+    from bench.cleanup import stop_on_signals
+
+    stop_on_signals()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    result = run(args)
+    text = json.dumps(result, indent=2, default=str)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return 0 if result["ok"] else 1
