@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -55,14 +57,28 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def latency_windows(samples: list[tuple[float, float]], started: float, ended: float) -> list[dict]:
-    """p50/p99 (ms) and count in each of WINDOWS equal spans of the run."""
+def latency_windows(samples: list[tuple[float, float]], started: float, ended: float, rounds: list[tuple[float, bool]],
+                    ) -> list[dict]:  # fmt: skip
+    """p50/p99 (ms) and count in each of WINDOWS equal spans, and the share of each the trainer spent in a round.
+
+    `rounds`: (seconds since start, a round running) at each sample. Two cores are shared with
+    the trainer, so a round shows in chat's latency; the share tells that from a drift.
+    """
     span = (ended - started) / WINDOWS
     rows = []
     for i in range(WINDOWS):
         inside = [s for at, s in samples if started + i * span <= at < started + (i + 1) * span]
-        rows.append({"n": len(inside), "p50_ms": _ms(percentile(inside, 0.5)), "p99_ms": _ms(percentile(inside, 0.99))})
+        running = [busy for at, busy in rounds if i * span <= at < (i + 1) * span]
+        rows.append({"n": len(inside), "p50_ms": _ms(percentile(inside, 0.5)), "p99_ms": _ms(percentile(inside, 0.99)),
+                     "in_round": round(sum(running) / len(running), 2) if running else None})  # fmt: skip
     return rows
+
+
+def round_running(stack: Stack) -> bool:
+    try:
+        return bool(httpx.get(f"{stack.url('trainer')}/status", timeout=10).json()["round_running"])
+    except (httpx.HTTPError, ValueError, KeyError):
+        return False
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -94,7 +110,7 @@ def run(args: argparse.Namespace) -> dict:
         (work / "data" / "models").symlink_to(Path(args.models_dir).resolve(), target_is_directory=True)
     settings = SETTINGS if args.tiny else ACCESS  # the default model: the default settings
     stack = Stack(work / "data", model, args.stack_log or work / "stack.log", settings)
-    traffic, memory = None, []
+    traffic, memory, rounds = None, [], []
     try:
         stack.wait_ready()
         traffic = Traffic(stack, retry_s=120, threads=args.threads, max_tokens=args.max_tokens, pause_s=0.0).start()
@@ -102,6 +118,7 @@ def run(args: argparse.Namespace) -> dict:
         ends = started + parse_duration(args.duration)
         while time.monotonic() < ends:
             memory.append((time.monotonic() - started, memory_mib(stack)))
+            rounds.append((memory[-1][0], round_running(stack)))
             log.info("%.0f s: %s; memory %s", memory[-1][0], dict(traffic.chat), memory[-1][1])
             time.sleep(args.sample_s)
         ended = time.monotonic()
@@ -121,7 +138,7 @@ def run(args: argparse.Namespace) -> dict:
         "chat_per_s": round(traffic.chat["ok"] / seconds, 2),
         "feedback": feedback_counts(traffic.feedback, traffic.accepted, rows),
         "unexpected_answers": traffic.errors,
-        "latency": {kind: latency_windows(samples, started, ended) for kind, samples in traffic.seconds.items()},
+        "latency": {kind: latency_windows(times, started, ended, rounds) for kind, times in traffic.seconds.items()},
         "memory": memory_growth(memory),
     }
     counts = result["feedback"]
