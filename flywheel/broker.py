@@ -28,10 +28,11 @@ except (OSError, AttributeError):  # not Linux: Tansu outlives a killed parent t
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: the kernel sends it SIGKILL when the process that started it dies.
+    """In the child before exec: the kernel sends it SIGKILL when the thread that started it ends.
 
     Tansu runs in a session of its own, so a SIGKILL to `flywheel broker` (or its process group)
     left it holding the port, and every restart by the supervisor failed with "port in use".
+    The signal follows the starting *thread*, so only `flywheel broker` (main thread) asks for it.
     """
     if _PRCTL is not None:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -59,7 +60,9 @@ def port_open(host: str, port: int) -> bool:
 class Broker:
     """One Tansu process on 127.0.0.1, started and stopped by PID (its own process group)."""
 
-    def __init__(self, port: int = 9092, host: str = "127.0.0.1", log_path: Path | None = None) -> None:
+    def __init__(self, port: int = 9092, host: str = "127.0.0.1", log_path: Path | None = None,
+                 die_with_parent: bool = False) -> None:  # fmt: skip
+        self.die_with_parent = die_with_parent  # from the main thread only: see _die_with_parent
         self.host = host
         self.port = port
         self.log_path = log_path
@@ -87,7 +90,8 @@ class Broker:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # one libc call resolved before the fork: no lock to deadlock on
+            # one libc call resolved before the fork: no lock to deadlock on
+            preexec_fn=_die_with_parent if self.die_with_parent else None,
         )
         deadline = time.monotonic() + timeout_s
         while not port_open(self.host, self.port):

@@ -47,7 +47,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 def cmd_broker(args: argparse.Namespace) -> int:
     from flywheel.broker import Broker
 
-    broker = Broker(port=args.port).start()
+    broker = Broker(port=args.port, die_with_parent=True).start()  # a killed `flywheel broker` takes Tansu along
     print(f"broker listening on {broker.bootstrap} (pid {broker.process.pid}); topics created; Ctrl-C stops it")  # noqa: T201
 
     def _stop(*_: object) -> None:
