@@ -127,6 +127,7 @@ def kill_trainer_in_a_round(stack: Stack, timeout_s: float) -> dict:
 
 def poison(stack: Stack) -> dict:
     """Records nothing can use, on every topic; the consumers must skip and count them and go on."""
+    from flywheel.channel import ADAPTER_KIND
     from flywheel.kafka import make_producer
     from flywheel.settings import TOPIC_COMPLETIONS, TOPIC_FEEDBACK, TOPIC_POLICY
     from flywheel.v1 import events_pb2
@@ -140,8 +141,9 @@ def poison(stack: Stack) -> dict:
         (TOPIC_COMPLETIONS, events_pb2.Completion().SerializeToString()),
         (TOPIC_POLICY, b"\xff\x00 not a protobuf"),
     ]  # fmt: skip
+    # Hand-built PolicyPublished records, not channel.publication(): deliberate poison (paths outside the store).
     for name in ("../trainer/work/candidates/refused", "/etc"):
-        published = events_pb2.PolicyPublished(event_id=f"poison-{name}", version=name, path=name, kind="lora")
+        published = events_pb2.PolicyPublished(event_id=f"poison-{name}", version=name, path=name, kind=ADAPTER_KIND)
         records.append((TOPIC_POLICY, events_pb2.PolicyEvent(published=published).SerializeToString()))
     before = scrape(stack)
     producer = make_producer(f"127.0.0.1:{stack.ports['broker']}")

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 ADAPTER_KIND = "lora"  # a PEFT LoRA adapter on the base model: what a round publishes
 FULL_KIND = "full"  # full weights (`flywheel merge`): served on the engine's own weights
+REWARD_KIND = "reward"  # a reward model (the reward-model store): never announced, never served
 
 RESCAN_S = 30.0  # re-read the whole (small) topic this often: survives a broker that lost its log
 

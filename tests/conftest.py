@@ -1,4 +1,4 @@
-"""Shared fixtures: the real broker, a tiny random model, a running serving process.
+"""Shared fixtures: the real broker, a tiny random model, running serving, feedback and trainer processes.
 
 Everything starts once per session and is stopped by PID (process groups), so a failed
 test run leaves nothing behind.
@@ -29,6 +29,17 @@ TEST_API_KEY = "test-key-alice"
 TEST_USER = "alice"
 BOB_API_KEY = "test-key-bob"
 ADMIN_KEY = "test-admin-key"
+ADMIN_METADATA = [("authorization", f"Bearer {ADMIN_KEY}")]  # the trainer's control calls need the admin key
+
+# Trainer settings small enough for a round on the tiny policy in about a minute, large enough to
+# learn the rule (tests/trainer/synthetic.py): trainer processes get them as env, hand-built rounds
+# as TrainerSettings (tests/trainer/conftest.py's fast_settings).
+FAST = {
+    "reward": {"epochs": 3, "lora_rank": 0, "learning_rate": 1e-3, "accuracy_floor": 0.9},
+    "ppo": {"steps": 8, "batch_size": 16, "response_length": 24, "learning_rate": 1e-3, "kl_coef": 0.05,
+            "temperature": 1.0},
+    "gates": {"eval_prompts": 16, "kl_budget": 50.0, "length_band": 3.0},
+}  # fmt: skip
 
 
 def free_port() -> int:
@@ -212,6 +223,47 @@ def feedback_server(broker: Broker, tmp_path_factory: pytest.TempPathFactory) ->
         yield server
     finally:
         stop_process(server.process)
+
+
+def fast_env() -> dict[str, str]:
+    """FAST as FLYWHEEL_SECTION__FIELD variables, for trainer processes."""
+    return {
+        f"FLYWHEEL_{section.upper()}__{name.upper()}": str(value)
+        for section, fields in FAST.items()
+        for name, value in fields.items()
+    }
+
+
+@dataclass
+class TrainerProcess:
+    url: str
+    grpc: str
+    process: subprocess.Popen
+    log_path: Path
+    args: list[str]
+    env: dict[str, str]
+
+    def restart(self) -> None:
+        self.process = start_process(self.args, self.env, self.log_path)
+        wait_ready(self.url, self.process, self.log_path, timeout=120)
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+def start_trainer(tmp: Path, kafka: str, model: Path, port: int | None = None, grpc_port: int | None = None,
+                  **extra: str) -> TrainerProcess:  # fmt: skip
+    """The one way tests start a trainer process (`flywheel train`, fast settings; `extra`: more env)."""
+    port, grpc_port = port or free_port(), grpc_port or free_port()
+    env = dict(os.environ)
+    env.update(fast_env())
+    env.update({"FLYWHEEL_DATA_DIR": str(tmp / "data"), "FLYWHEEL_KAFKA_BOOTSTRAP": kafka,
+                "FLYWHEEL_ADMIN_KEY": ADMIN_KEY, **extra})  # fmt: skip
+    args = [sys.executable, "-m", "flywheel.cli", "--log-level", "debug", "train", "--model", str(model),
+            "--port", str(port), "--grpc-port", str(grpc_port)]  # fmt: skip
+    trainer = TrainerProcess(f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", None, tmp / "trainer.log", args, env)
+    trainer.restart()
+    return trainer
 
 
 # -- probing a running service

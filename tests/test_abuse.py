@@ -23,9 +23,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flywheel.broker import Broker
 from flywheel.v1 import feedback_pb2, policy_pb2, trainer_pb2
-from tests.conftest import ADMIN_KEY, TEST_API_KEY, free_port, run_schemathesis
+from tests.conftest import ADMIN_KEY, TEST_API_KEY, free_port, run_schemathesis, start_trainer
 from tests.serving.versions import start_replica
-from tests.trainer.conftest import start_trainer
 
 pytestmark = pytest.mark.slow
 

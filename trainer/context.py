@@ -32,9 +32,10 @@ class RoundContext:
     policies: ModelStore
     reward_models: ModelStore
     announce: Callable[[Manifest], None]  # sends the version's PolicyPublished (flywheel.channel)
+    # The version the roll-out says to train from (RolloutController.parent); it returns None before
+    # any roll-out event, and the round then takes the newest published version.
+    parent: Callable[[], str | None]
     metrics: TrainerMetrics = field(default_factory=TrainerMetrics)
-    # The version the roll-out says to train from (RolloutController.parent); None: read the snapshot.
-    parent: Callable[[], str | None] | None = None
 
 
 @dataclass

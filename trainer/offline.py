@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TypedDict
 
 from flywheel.hh import MalformedDialogue, split_pair
 from flywheel.settings import TrainerSettings
@@ -79,7 +80,16 @@ def read_eval_pairs(path: Path) -> tuple[list[Pair], int]:
     return pairs, skipped
 
 
-def evaluate_reward_model(settings: TrainerSettings, base_model: str, path: Path) -> dict:
+class RewardModelEvaluation(TypedDict):
+    """`flywheel rm-eval`'s result: a dict, as the CLI prints it as JSON."""
+
+    reward_model: str  # the reward model in use (its name in the reward-model store)
+    pairs: int  # pairs scored
+    skipped: int  # lines of the file that were not a usable pair
+    accuracy: float  # share of pairs whose chosen answer scores above the rejected one (ties count half)
+
+
+def evaluate_reward_model(settings: TrainerSettings, base_model: str, path: Path) -> RewardModelEvaluation:
     pairs, skipped = read_eval_pairs(path)
     if not pairs:
         raise ValueError(f"{path} has no usable chosen/rejected pairs ({skipped} lines skipped)")
@@ -89,4 +99,4 @@ def evaluate_reward_model(settings: TrainerSettings, base_model: str, path: Path
     store = ModelStore(settings.reward_store_dir)
     store.verify(name)
     model = load_reward_model(base_model, store.path(name), settings.reward.max_length)
-    return {"reward_model": name, "pairs": len(pairs), "skipped": skipped, "accuracy": model.accuracy(pairs)}
+    return RewardModelEvaluation(reward_model=name, pairs=len(pairs), skipped=skipped, accuracy=model.accuracy(pairs))

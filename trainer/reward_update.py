@@ -6,6 +6,7 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 
+from flywheel.channel import REWARD_KIND
 from flywheel.settings import RewardSection
 from flywheel.store import Manifest
 from trainer.context import REWARD_MODEL_KEY, RoundContext, step_logger
@@ -73,7 +74,7 @@ def update_reward_model(ctx: RoundContext, pairs: PairSet, round_id: int) -> Rew
     version = f"rm-{round_id:04d}-{secrets.token_hex(2)}"
     ctx.reward_models.publish(
         version, training.peft_model.save_pretrained, parent=previous[0] if previous else "",
-        base_model=ctx.base_model, kind="reward", metrics={"heldout_accuracy": accuracy},
+        base_model=ctx.base_model, kind=REWARD_KIND, metrics={"heldout_accuracy": accuracy},
         extra={"trained_through_seq": max(p.seq for p in pairs.train), "continued": continuing},
     )  # fmt: skip
     ctx.dataset.set_state(REWARD_MODEL_KEY, version)

@@ -17,7 +17,6 @@ from pathlib import Path
 from kafka.errors import KafkaError
 
 from flywheel.channel import ADAPTER_KIND
-from flywheel.rollout import parent_of, read_snapshot
 from flywheel.settings import TrainerSettings
 from flywheel.store import Manifest, ModelStore
 from trainer.candidates import candidates, current_candidate, keep_candidate
@@ -68,7 +67,7 @@ def current_policy(ctx: RoundContext) -> tuple[str, Path | None]:
     That is the canary, else the stable version, as the roll-out recorded them (a rolled-back
     version is never built on); the newest published version when no roll-out was recorded yet.
     """
-    parent = ctx.parent() if ctx.parent is not None else parent_of(read_snapshot(ctx.policies.root, 0.0))
+    parent = ctx.parent()
     if parent is None:
         latest = ctx.policies.latest()
         parent = latest.version if latest is not None else ctx.settings.base_version

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from flywheel.v1 import trainer_pb2, trainer_pb2_grpc
-from tests.conftest import ROOT, TEST_API_KEY, free_port, start_process, stop_process
+from tests.conftest import ADMIN_METADATA, ROOT, TEST_API_KEY, free_port, start_process, start_trainer, stop_process
 from tests.k8s.promql import (
     Query,
     alert_queries,
@@ -32,7 +32,6 @@ from tests.k8s.promql import (
     prometheus_rule,
     with_grafana_variables,
 )
-from tests.trainer.conftest import ADMIN_METADATA, start_trainer
 
 pytestmark = pytest.mark.engine
 

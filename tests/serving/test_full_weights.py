@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from flywheel.broker import Broker
-from flywheel.channel import announce
+from flywheel.channel import FULL_KIND, announce
 from flywheel.models import build_tiny_model
 from tests.conftest import ADMIN_KEY, ROOT, serving_env, stop_process
 from tests.serving.versions import (
@@ -83,7 +83,7 @@ def test_a_merged_version_reloads_in_place_under_load_and_a_rollback_restores_th
     assert merged.returncode == 0, merged.stderr[-2000:]
     assert "published lora-1-full" in merged.stdout and "announced lora-1-full" in merged.stdout
     manifest = store.manifest("lora-1-full")
-    assert manifest.kind == "full" and manifest.parent == "lora-1"
+    assert manifest.kind == FULL_KIND and manifest.parent == "lora-1"
 
     failed = [r for r in results if r["error"] or r["finish"] not in ("stop", "length")]
     assert not failed, failed[:3]
@@ -122,7 +122,7 @@ def test_full_weights_of_another_model_or_corrupted_are_refused_before_the_engin
         (tmp / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())
         (tmp / "config.json").write_bytes((other / "config.json").read_bytes())
 
-    wrong = store.publish("other-model", write_other, parent="base", base_model=str(other), kind="full")
+    wrong = store.publish("other-model", write_other, parent="base", base_model=str(other), kind=FULL_KIND)
     announce(module_broker.bootstrap, wrong)
 
     make_lora_version(tiny_model, store, "lora-2", seed=12)

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from flywheel.broker import Broker
-from flywheel.channel import announce
+from flywheel.channel import ADAPTER_KIND, announce
 from tests.conftest import (
     ADMIN_KEY,
     RunningServer,
@@ -121,7 +121,9 @@ def test_corrupted_and_truncated_versions_are_refused_and_the_old_ones_keep_serv
         weights = (source / "adapter_model.safetensors").read_bytes()
         (tmp / "adapter_model.safetensors").write_bytes(weights[: len(weights) // 2])
 
-    truncated = store.publish("truncated-1", write_truncated, parent="base", base_model=str(tiny_model), kind="lora")
+    truncated = store.publish(
+        "truncated-1", write_truncated, parent="base", base_model=str(tiny_model), kind=ADAPTER_KIND
+    )
     announce(module_broker.bootstrap, truncated)
 
     status = wait_policy(swap_server, lambda s: {"corrupted-1", "truncated-1"} <= set(s["refused"]), "both refusals")

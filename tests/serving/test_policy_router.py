@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from flywheel.channel import ADAPTER_KIND, FULL_KIND
 from flywheel.errors import APIError
 from flywheel.rollout import RolloutState
 from flywheel.settings import ServingSettings
@@ -69,7 +70,7 @@ def test_requests_wait_while_the_router_is_closed():
 
 
 def test_full_weights_go_to_the_canarys_share_of_replicas_and_the_stables_everywhere_else():
-    kinds = {"v1-full": "full", "v2-full": "full", "v3": "lora"}.get
+    kinds = {"v1-full": FULL_KIND, "v2-full": FULL_KIND, "v3": ADAPTER_KIND}.get
     state = RolloutState(stable="v1-full", canary="v2-full", canary_fraction=0.25)
     assert wanted_weights(state, kinds, set(), bucket=0.1, base="base") == "v2-full"
     assert wanted_weights(state, kinds, set(), bucket=0.3, base="base") == "v1-full"

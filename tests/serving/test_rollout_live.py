@@ -18,9 +18,8 @@ import pytest
 from flywheel.broker import Broker
 from flywheel.channel import announce
 from flywheel.store import ModelStore
-from tests.conftest import feedback_env, free_port, start_feedback, stop_process
+from tests.conftest import feedback_env, free_port, start_feedback, start_trainer, stop_process
 from tests.serving.versions import PROMPT, make_lora_version, start_replica, wait_policy
-from tests.trainer.conftest import start_trainer
 
 pytestmark = pytest.mark.slow
 

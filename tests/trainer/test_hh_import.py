@@ -92,6 +92,7 @@ def test_hh_pairs_take_the_documented_path_from_import_to_a_stored_reward_model(
     report = hh_path(default_model, tmp_path, 48, 600, unseen_pairs=48, FLYWHEEL_REWARD__ACCURACY_FLOOR="0",
                      FLYWHEEL_REWARD__MIN_STEPS="4")  # fmt: skip
     assert report["pairs"] == 48
+    assert 0.0 <= report["accuracy"] <= 1.0
 
 
 @pytest.mark.long

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from flywheel.channel import ADAPTER_KIND
 from flywheel.store import Manifest
 from tests.trainer.conftest import round_context as context
 from tests.trainer.synthetic import traffic
@@ -67,7 +68,7 @@ def test_a_kto_row_tokenizes_as_the_reward_model_reads_a_dialogue_and_rows_are_s
 
 def test_a_policy_continues_on_new_feedback_only_from_its_own_algorithm():
     def manifest(extra: dict) -> Manifest:
-        return Manifest("v1", "base", "m", "lora", 0.0, extra=extra)
+        return Manifest("v1", "base", "m", ADAPTER_KIND, 0.0, extra=extra)
 
     assert trained_through(manifest({"algorithm": "kto", "trained_through_seq": 40}), "kto") == 40
     assert trained_through(manifest({"algorithm": "dpo", "trained_through_seq": 40}), "kto") == -1

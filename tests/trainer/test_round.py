@@ -12,6 +12,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+from flywheel.channel import ADAPTER_KIND
 from flywheel.settings import TOPIC_COMPLETIONS, TOPIC_FEEDBACK
 from tests.trainer.conftest import round_context as context
 from tests.trainer.synthetic import completion, feedback, traffic
@@ -48,7 +49,7 @@ def test_ppo_raises_the_reward_on_held_out_prompts_over_the_previous_version(pub
 def test_the_published_adapter_is_complete_loadable_and_changes_the_policy(published, taught_policy):
     ctx, result, announced = published
     manifest = ctx.policies.verify(result.version)
-    assert manifest.parent == "base" and manifest.kind == "lora"
+    assert manifest.parent == "base" and manifest.kind == ADAPTER_KIND
     assert manifest.metrics["eval_new_mean_reward"] == result.metrics["eval_new_mean_reward"]
     base = AutoModelForCausalLM.from_pretrained(taught_policy, dtype=torch.float32)
     before = {name: p.clone() for name, p in base.named_parameters()}

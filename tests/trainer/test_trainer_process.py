@@ -19,13 +19,11 @@ import httpx
 import pytest
 
 from flywheel.broker import Broker
+from flywheel.channel import PolicyLog
 from flywheel.kafka import make_producer
-from flywheel.settings import TOPIC_POLICY
 from flywheel.store import ModelStore
 from flywheel.v1 import events_pb2, trainer_pb2, trainer_pb2_grpc
-from tests.conftest import ROOT, free_port
-from tests.kafka_helpers import consume
-from tests.trainer.conftest import ADMIN_METADATA, start_trainer
+from tests.conftest import ADMIN_METADATA, ROOT, free_port, start_trainer
 from tests.trainer.synthetic import traffic
 
 pytestmark = pytest.mark.slow
@@ -154,9 +152,13 @@ def test_a_trainer_killed_during_a_round_leaves_no_version_and_recovers(own_brok
         channel.close()
         trainer.stop()
     manifest = ModelStore(store).verify(version)
-    (envelope,) = consume(
-        own_broker.bootstrap, TOPIC_POLICY, events_pb2.PolicyEvent.FromString, lambda got: len(got) >= 1
-    )
+    announced: list[events_pb2.PolicyEvent] = []
+    reader = PolicyLog(own_broker.bootstrap, announced.append, "test").start()  # as replicas read the topic
+    try:
+        wait_for(lambda: announced, 30, "the version's event on the policy topic")
+    finally:
+        reader.stop()  # it delivers the whole batch it polled first: a second event would show
+    (envelope,) = announced
     event = envelope.published
     assert event.version == version
     assert {(f.path, f.sha256) for f in event.files} == {(f.path, f.sha256) for f in manifest.files}

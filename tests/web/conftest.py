@@ -15,14 +15,15 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from flywheel.broker import Broker
 from tests.conftest import (
     FeedbackServer,
+    TrainerProcess,
     feedback_env,
     free_port,
     serving_env,
     start_feedback,
     start_serving,
+    start_trainer,
     stop_process,
 )
-from tests.trainer.conftest import TrainerProcess, start_trainer
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; Playwright never downloads a browser here
 CHROMIUM_ARGS = [

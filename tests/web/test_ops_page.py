@@ -23,9 +23,8 @@ from flywheel.channel import announce
 from flywheel.kafka import make_producer
 from flywheel.settings import TOPIC_COMPLETIONS, TOPIC_FEEDBACK
 from flywheel.store import ModelStore
-from tests.conftest import ADMIN_KEY, free_port, serving_env, start_serving, stop_process
+from tests.conftest import ADMIN_KEY, free_port, serving_env, start_serving, start_trainer, stop_process
 from tests.serving.versions import make_lora_version
-from tests.trainer.conftest import start_trainer
 from tests.trainer.synthetic import completion, feedback
 from tests.web.conftest import PageStack
 from trainer.dataset import DatasetStore
