@@ -5,7 +5,10 @@ same work), greedy: (a) our HTTP API with 16 concurrent clients, (b) vLLM's offl
 `LLM.generate` with the server's engine configuration, (c) HF `generate`, batched, bf16.
 Each path runs in its own process, one after another, so they do not share the 2 cores.
 
-    python bench/serving.py [--model DIR] [--out FILE]
+    python bench/serving.py [--model DIR] [--out FILE] [--dtypes bfloat16,float32]
+
+`--dtypes` adds the offline engine once per number format (FLYWHEEL_ENGINE_DTYPE), side by side:
+on a CPU without native bfloat16 the engine's `auto` takes float32 (serving/engine.py).
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ def phase_offline(model: str) -> dict:
         "tokens": tokens,
         "seconds": elapsed,
         "tokens_per_s": tokens / elapsed,
-        "config": "server's (eager, LoRA on)",
+        "config": f"server's (eager, LoRA on, {kwargs['dtype']})",
     }
 
 
@@ -196,11 +199,12 @@ def phase_http(model: str) -> dict:
 PHASES = {"http": phase_http, "offline": phase_offline, "hf": phase_hf}
 
 
-def run_phase(name: str, model: str) -> dict:
+def run_phase(name: str, model: str, dtype: str | None = None) -> dict:
     """Each phase in a fresh process, so engines do not overlap in memory or CPU."""
+    env = {**os.environ, **({"FLYWHEEL_ENGINE_DTYPE": dtype} if dtype else {})}
     result = subprocess.run(
         [sys.executable, __file__, "--phase", name, "--model", model],
-        capture_output=True, text=True, cwd=ROOT,
+        capture_output=True, text=True, cwd=ROOT, env=env,
     )  # fmt: skip
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if result.returncode != 0 or not lines:
@@ -213,6 +217,8 @@ def main() -> int:
     parser.add_argument("--model", help="model directory (default: the converted default model)")
     parser.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument("--dtypes", default="", help="comma-separated engine dtypes to add as offline phases")
+    parser.add_argument("--only-dtypes", action="store_true", help="run only the --dtypes phases")
     args = parser.parse_args()
     if args.phase:
         print(json.dumps(PHASES[args.phase](args.model)))
@@ -224,6 +230,13 @@ def main() -> int:
     (ROOT / ".flywheel").mkdir(exist_ok=True)
     model = args.model or str(prepare_default_model(CommonSettings().models_dir))
     results = {}
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    for dtype in dtypes:
+        print(f"running offline in {dtype}…", file=sys.stderr)
+        results[f"offline_{dtype}"] = run_phase("offline", model, dtype)
+    if args.only_dtypes:
+        print(json.dumps({"benchmark": "serving", "model": model, "results": results}, indent=2))
+        return 0
     for name in ("http", "offline", "hf"):
         print(f"running {name}…", file=sys.stderr)
         results[name] = run_phase(name, model)

@@ -173,6 +173,10 @@ class ServingSettings(CommonSettings):
     enable_lora: bool = Field(True, description="Serve LoRA versions (adapters); off: only the base and merged ones.")
     max_loras: int = Field(4, description="Adapters the engine holds in one batch.")
     max_lora_rank: int = Field(16, description="Largest adapter rank the engine takes; a version above it is refused.")
+    engine_dtype: Literal["auto", "bfloat16", "float32", "float16"] = Field(
+        "auto",
+        description="The engine's number format; auto: bfloat16 on a GPU or a CPU with native bfloat16, else float32.",
+    )
     kv_cache_gib: int = Field(2, description="KV cache size on CPU, GiB.")
     cpu_reserved_cores: int | None = Field(
         0, description="Cores vLLM-CPU keeps from compute for the front end (None: vLLM's default, 1)."
@@ -262,6 +266,13 @@ class TrainerSettings(CommonSettings):
     torch_threads: int = Field(1, description="Threads torch uses; 2 ran 3-6x slower beside serving on 2 cores.")
     nice: int = Field(
         10, ge=0, le=19, description="Scheduling niceness the trainer process adds to itself, so serving keeps the CPU."
+    )
+    duty_cycle: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of the time the trainer computes while other processes use the CPU (1: always; "
+        "trainer/pacing.py, bench/sharing.py).",
     )
     seed: int = Field(0, description="Seed of sampling, data splits and training.")
     rounds: RoundTriggerSection = RoundTriggerSection()

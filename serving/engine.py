@@ -19,7 +19,7 @@ def engine_kwargs(settings: ServingSettings, model_path: str) -> dict:
     return {
         "model": model_path,
         "served_model_name": settings.served_model_name,
-        "dtype": "bfloat16",
+        "dtype": engine_dtype(settings.engine_dtype),
         "max_model_len": settings.max_model_len,
         "enforce_eager": settings.enforce_eager,
         "enable_lora": settings.enable_lora,
@@ -33,6 +33,17 @@ def engine_kwargs(settings: ServingSettings, model_path: str) -> dict:
             backend="xgrammar", disable_any_whitespace=settings.compact_json
         ),
     }
+
+
+def engine_dtype(setting: str) -> str:
+    """bfloat16 where the hardware computes it natively; an AVX2-only CPU emulates it (bench/serving.py --dtype)."""
+    if setting != "auto":
+        return setting
+    import torch
+
+    if torch.cuda.is_available() or torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "bfloat16"
+    return "float32"
 
 
 def set_engine_environment(settings: ServingSettings) -> None:

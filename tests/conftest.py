@@ -24,6 +24,9 @@ from flywheel.models import build_tiny_model, prepare_default_model
 from flywheel.supervisor import wait_http_ready
 
 ROOT = Path(__file__).resolve().parent.parent
+# Trainers in tests compute at full speed beside the tests' own services: their rounds are what is
+# tested, not how they share the CPU (tests/trainer/test_pacing.py tests the duty cycle itself).
+os.environ.setdefault("FLYWHEEL_DUTY_CYCLE", "1")
 TEST_SECRET = "test-secret-not-for-production"
 TEST_API_KEY = "test-key-alice"
 TEST_USER = "alice"

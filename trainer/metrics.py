@@ -45,6 +45,11 @@ class TrainerMetrics:
             "flywheel_trainer_gate_results", "Gate checks, by gate and result.", ["gate", "result"], registry=r
         )
         self.round_running = Gauge("flywheel_trainer_round_running", "1 while a round runs.", registry=r)
+        self.yielded_seconds = Gauge(
+            "flywheel_trainer_yielded_seconds",
+            "Seconds the trainer paused its compute for other processes (the duty cycle, trainer/pacing.py).",
+            registry=r,
+        )
         self.paused = Gauge("flywheel_trainer_paused", "1 while rounds are paused by an operator.", registry=r)
         self.reward_loss = Gauge("flywheel_trainer_reward_model_loss", "Last reward-model training loss.", registry=r)
         self.reward_accuracy = Gauge(

@@ -87,12 +87,16 @@ class TrainerService:
     def _open(self, settings: TrainerSettings, base_model: str, metrics: TrainerMetrics | None) -> None:
         import torch
 
-        from trainer import hardware
+        from trainer import hardware, pacing
 
         torch.set_num_threads(settings.torch_threads)
         hardware.configure(settings.device)
         self.settings = settings
         self.metrics = metrics or TrainerMetrics()
+        if hardware.device().type == "cpu":  # a GPU trainer does not take serving's cores
+            pacer = pacing.install(settings.duty_cycle)
+            if pacer is not None:
+                self.metrics.yielded_seconds.set_function(lambda: pacer.slept_s)
         self.dataset = DatasetStore(settings.dataset_path)
         abandoned = self.dataset.abandon_running_rounds()
         if abandoned:
