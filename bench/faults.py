@@ -115,14 +115,18 @@ def trainer_status(stack: Stack) -> dict:
 
 def kill_trainer_in_a_round(stack: Stack, timeout_s: float) -> dict:
     deadline = time.monotonic() + timeout_s
-    while not trainer_status(stack)["round_running"]:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no round started within {timeout_s:.0f} s")
-        time.sleep(0.5)
-    running = trainer_status(stack)["recent_rounds"][0]["round"]
-    time.sleep(5)  # into the reward model or the policy's training
-    kill_group(stack, "train")
-    return {"round": running}
+    while True:
+        while not trainer_status(stack)["round_running"]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no round started within {timeout_s:.0f} s")
+            time.sleep(0.5)
+        running = trainer_status(stack)["recent_rounds"][0]["round"]
+        time.sleep(2)  # into the reward model or the policy's training
+        status = trainer_status(stack)
+        # a short round (a continuation) can end before the kill: wait for one that is still running
+        if status["round_running"] and status["recent_rounds"][0]["round"] == running:
+            kill_group(stack, "train")
+            return {"round": running}
 
 
 def poison(stack: Stack) -> dict:
