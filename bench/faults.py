@@ -200,6 +200,11 @@ def fill_disk(target: Path, hold_s: float, traffic: Traffic) -> dict:
                 raise
     refused_before = traffic.feedback["refused 503"]
     time.sleep(hold_s)
+    # The outbox writes into pages SQLite already holds until it needs a new one: with a short hold
+    # the first refusal can come later (seen with 5 s holds), so hold on until one came, 30 s at most.
+    deadline = time.monotonic() + 30
+    while traffic.feedback["refused 503"] == refused_before and time.monotonic() < deadline:
+        time.sleep(0.5)
     refused = traffic.feedback["refused 503"] - refused_before
     filler.unlink()
     return {"refused_503_while_full": refused}
