@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,26 +176,33 @@ async def _http_load(url: str) -> dict:
     }
 
 
-def phase_http(model: str) -> dict:
+@contextlib.contextmanager
+def serving_process(model: str, port: int, log_name: str) -> Iterator[str]:
+    """`flywheel serve` alone (no broker) on `port`, its log in .flywheel/LOG_NAME; yields its URL, stops its group."""
     from flywheel.supervisor import wait_http_ready
 
-    port = 18765
-    env = {**os.environ, "FLYWHEEL_KAFKA_BOOTSTRAP": "127.0.0.1:1", "FLYWHEEL_DATA_DIR": str(ROOT / ".flywheel")}
-    log = open(ROOT / ".flywheel" / "bench-serving.log", "wb")  # noqa: SIM115
-    server = subprocess.Popen(
-        [sys.executable, "-m", "flywheel.cli", "serve", "--model", model, "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    work = ROOT / ".flywheel"
+    env = {**os.environ, "FLYWHEEL_KAFKA_BOOTSTRAP": "127.0.0.1:1", "FLYWHEEL_DATA_DIR": str(work)}
+    with open(work / log_name, "wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "flywheel.cli", "serve", "--model", model, "--port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http_ready(f"{url}/readyz", server, timeout_s=600)  # its log: .flywheel/bench-serving.log
-        return asyncio.run(_http_load(url))
+        wait_http_ready(f"{url}/readyz", server, timeout_s=600)
+        yield url
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
             server.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
+
+
+def phase_http(model: str) -> dict:
+    with serving_process(model, 18765, "bench-serving.log") as url:
+        return asyncio.run(_http_load(url))
 
 
 PHASES = {"http": phase_http, "offline": phase_offline, "hf": phase_hf}

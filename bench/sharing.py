@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.serving import PROMPTS  # noqa: E402
+from bench.serving import PROMPTS, serving_process  # noqa: E402
 
 MAX_TOKENS = 64
 
@@ -41,6 +41,8 @@ def train_forever(mode: str, model: str, steps_file: Path, batch: int = 2) -> No
     if mode.startswith("pace"):  # pace0.5: the trainer's default policy with a duty cycle of 0.5
         yield_cpu("nice")
         install(float(mode[4:]))
+    elif mode.startswith("nice") and mode[4:].isdigit():  # nice19: the nice policy at that niceness
+        yield_cpu("nice", nice=int(mode[4:]))
     else:
         yield_cpu(mode)
     import torch
@@ -153,7 +155,6 @@ def main() -> int:
     from bench.cleanup import stop_on_signals
     from flywheel.models import prepare_default_model
     from flywheel.settings import CommonSettings
-    from flywheel.supervisor import wait_http_ready
 
     stop_on_signals()
     work = ROOT / ".flywheel"
@@ -172,17 +173,8 @@ def main() -> int:
         stop(trainer)
         print(f"training alone ({mode}): {alone[mode]:.3f} steps/s", file=sys.stderr)
 
-    port = 18766
-    env = {**os.environ, "FLYWHEEL_KAFKA_BOOTSTRAP": "127.0.0.1:1", "FLYWHEEL_DATA_DIR": str(work)}
-    with open(work / "bench-sharing-serve.log", "wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "flywheel.cli", "serve", "--model", model, "--port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
     windows = []
-    try:
-        wait_http_ready(f"{url}/readyz", server, timeout_s=600)
+    with serving_process(model, 18766, "bench-sharing-serve.log") as url:
         asyncio.run(chat_window(url, args.users, 10))  # warm-up
         for repeat in range(args.repeats):
             for mode in modes:
@@ -198,12 +190,6 @@ def main() -> int:
                     stop(trainer)
                 windows.append(window)
                 print(json.dumps(window), file=sys.stderr)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
     report = {
         "benchmark": "sharing",
         "model": model,

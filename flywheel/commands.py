@@ -7,7 +7,6 @@ package allowed to (tests/test_boundaries.py).
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -84,12 +83,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from flywheel.models import resolve_model
     from trainer import hardware
+    from trainer.cpu import yield_cpu
 
     settings = _trainer_settings(args)
     hardware.configure(settings.device)  # FLYWHEEL_DEVICE=cuda without a GPU: a message, before any work
     base_model = resolve_model(settings.model, settings.models_dir)
-    if settings.nice:
-        os.nice(settings.nice)  # users are served first; training takes what serving leaves
+    yield_cpu("nice", settings.nice, threads=None)  # users are served first (torch's threads: TrainerService)
     if not args.once:
         import uvicorn
 

