@@ -67,7 +67,10 @@ class PPOSection(BaseModel):
     gae_lambda: float = Field(1.0, description="GAE lambda (gamma is 1); 1 gives every token the answer's final score.")
     temperature: float = Field(0.7, description="Sampling temperature of the rollouts.")
     missing_eos_penalty: float = Field(1.0, description="Score subtracted from a response that never ends.")
-    lora_rank: int = Field(16, description="LoRA rank of the policy adapter.")
+    lora_rank: int = Field(16, description="LoRA rank of the policy adapter (every algorithm's).")
+    lora_layers: int = Field(
+        8, ge=0, description="A fresh policy adapter on the top N layers only (0: all); a step 1.5x faster than all 30."
+    )
     max_prompts: int = Field(512, description="Most recent distinct prompts drawn from traffic.")
     max_prompt_tokens: int = Field(192, description="Prompts longer than this (tokens) are skipped.")
     logprob_tolerance: float = Field(0.15, description="Largest mean |rollout - training| logprob gap accepted.")

@@ -27,7 +27,7 @@ import torch
 from flywheel.settings import DPOSection, KTOSection, SFTSection
 from trainer.hardware import trainer_args
 from trainer.pairs import Pair
-from trainer.ppo import PolicyTraining, load_policy
+from trainer.ppo import PolicyLora, PolicyTraining, load_policy
 from trainer.reward import Progress, load_tokenizer, quiet
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def fit_offline(
     kind: str,
     base_model: str,
     start_adapter: Path | None,
-    lora_rank: int,
+    lora: PolicyLora,
     config: DPOSection | KTOSection | SFTSection,
     work_dir: Path,
     seed: int,
@@ -122,7 +122,7 @@ def fit_offline(
 
     tokenizer = load_tokenizer(base_model)
     torch.manual_seed(seed)
-    policy = load_policy(base_model, start_adapter, lora_rank)
+    policy = load_policy(base_model, start_adapter, lora)
     epochs, steps = offline_steps(config, size)
     args = config_class(**offline_args(config, work_dir, steps, seed), **extra_args)
     dataset = Dataset.from_list(rows(tokenizer))
@@ -165,7 +165,7 @@ def run_dpo(
     start_adapter: Path | None,
     pairs: Sequence[Pair],
     config: DPOSection,
-    lora_rank: int,
+    lora: PolicyLora,
     work_dir: Path,
     seed: int = 0,
     report: Callable[[int, int, dict], None] | None = None,
@@ -176,7 +176,7 @@ def run_dpo(
     if not pairs:
         raise ValueError("DPO needs at least one preference pair")
     run = fit_offline(
-        "dpo", base_model, start_adapter, lora_rank, config, work_dir, seed, len(pairs),
+        "dpo", base_model, start_adapter, lora, config, work_dir, seed, len(pairs),
         lambda tokenizer: dpo_rows(tokenizer, pairs),
         partial(DPOTrainer, ref_model=None),  # a PeftModel: TRL keeps the start adapter, frozen, as the reference
         DPOConfig, report, beta=config.beta,

@@ -24,7 +24,7 @@ from pathlib import Path
 from flywheel.settings import KTOSection
 from trainer.dpo import chat_prompt, fit_offline
 from trainer.pairs import Messages, Pair
-from trainer.ppo import PolicyTraining
+from trainer.ppo import PolicyLora, PolicyTraining
 from trainer.records import RatedResponse
 
 PAIRED_SOURCES = ("comparison", "external", "correction")  # pairs whose two answers both carry a verdict
@@ -94,7 +94,7 @@ def run_kto(
     start_adapter: Path | None,
     examples: Sequence[Example],
     config: KTOSection,
-    lora_rank: int,
+    lora: PolicyLora,
     work_dir: Path,
     seed: int = 0,
     report: Callable[[int, int, dict], None] | None = None,
@@ -106,7 +106,7 @@ def run_kto(
         raise ValueError(f"KTO needs at least 2 rated answers, got {len(examples)}")
     desirable_weight, undesirable_weight = balanced_weights(examples)
     run = fit_offline(
-        "kto", base_model, start_adapter, lora_rank, config, work_dir, seed, len(examples),
+        "kto", base_model, start_adapter, lora, config, work_dir, seed, len(examples),
         lambda tokenizer: kto_rows(tokenizer, examples, seed),
         partial(KTOTrainer, ref_model=None),  # a PeftModel: TRL keeps the start adapter, frozen, as the reference
         KTOConfig, report, beta=config.beta, desirable_weight=desirable_weight,

@@ -23,20 +23,47 @@ from transformers.modeling_outputs import BaseModelOutput
 from flywheel.settings import PPOSection
 from trainer.hardware import compute_dtype, device, trainer_args
 from trainer.pairs import Messages
-from trainer.reward import RewardModel, load_tokenizer, prompt_ids, quiet
+from trainer.reward import RewardModel, linear_names, load_tokenizer, prompt_ids, quiet, top_layers
 
 log = logging.getLogger(__name__)
 
 
-def load_policy(base_model: str, adapter_dir: Path | None, lora_rank: int, trainable: bool = True):
-    """Base + the parent's adapter (or a fresh one for the first version), as a PeftModel."""
-    from peft import LoraConfig, PeftModel, get_peft_model
+@dataclass(frozen=True)
+class PolicyLora:
+    """The shape of a fresh policy adapter; a continued one keeps the shape it was made with."""
+
+    rank: int
+    layers: int = 0  # LoRA on the top N transformer layers only (0: every layer)
+
+    @classmethod
+    def of(cls, config: PPOSection) -> PolicyLora:
+        return cls(config.lora_rank, config.lora_layers)
+
+
+def lora_config(model: torch.nn.Module, lora: PolicyLora):
+    """A fresh policy adapter's peft config for `model`."""
+    from peft import LoraConfig
+
+    if lora.layers:  # peft takes layers_to_transform only with the modules named
+        targets = {"target_modules": linear_names(model),
+                   "layers_to_transform": top_layers(model.config.num_hidden_layers, lora.layers)}  # fmt: skip
+    else:
+        targets = {"target_modules": "all-linear"}
+    return LoraConfig(r=lora.rank, lora_alpha=2 * lora.rank, task_type="CAUSAL_LM", **targets)
+
+
+def load_policy(base_model: str, adapter_dir: Path | None, lora: PolicyLora, trainable: bool = True):
+    """Base + the parent's adapter (or a fresh one for the first version), as a PeftModel.
+
+    A fresh adapter on the top layers only cuts the backward pass: nothing below them needs a
+    gradient (bench/policy_step.py measures it).
+    """
+    from peft import PeftModel, get_peft_model
 
     base = AutoModelForCausalLM.from_pretrained(base_model, dtype=compute_dtype()).to(device())
     if adapter_dir is not None:
         return PeftModel.from_pretrained(base, adapter_dir, is_trainable=trainable)
-    config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, target_modules="all-linear", task_type="CAUSAL_LM")
-    return get_peft_model(base, config)
+    return get_peft_model(base, lora_config(base, lora))
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Messages], max_tokens: int) -> list[list[int]]:
@@ -168,7 +195,7 @@ def run_ppo(
     if not queries:
         raise ValueError("no prompt short enough for PPO")
     torch.manual_seed(seed)
-    policy = load_policy(base_model, parent_adapter, config.lora_rank)
+    policy = load_policy(base_model, parent_adapter, PolicyLora.of(config))
     policy.generation_config.pad_token_id = tokenizer.pad_token_id
     gap = logprob_gap(policy, tokenizer, queries[: min(4, len(queries))], config)
     if gap > config.logprob_tolerance:

@@ -110,10 +110,15 @@ def load_reward_model(base_model: str, adapter_dir: Path, max_length: int) -> Re
     return RewardModel(model.merge_and_unload().eval(), tokenizer, max_length)
 
 
-def _linear_names(model: torch.nn.Module) -> list[str]:
+def linear_names(model: torch.nn.Module) -> list[str]:
     """Names of the linear layers inside the transformer blocks (what "all-linear" would pick)."""
     return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
                    if isinstance(module, torch.nn.Linear) and ".layers." in name})  # fmt: skip
+
+
+def top_layers(num_layers: int, n: int) -> list[int]:
+    """The indices of the top `n` of `num_layers` transformer layers (all of them when n is 0)."""
+    return list(range(max(0, num_layers - n), num_layers)) if n else list(range(num_layers))
 
 
 def quiet(trainer) -> None:
@@ -173,13 +178,11 @@ def train_reward_model(
     elif start_from is not None:  # a fully fine-tuned reward model (lora_rank 0)
         model = AutoModelForSequenceClassification.from_pretrained(start_from, dtype=compute_dtype()).to(device())
     elif config.lora_rank > 0:
-        layers = model.config.num_hidden_layers
-        top = range(max(0, layers - config.lora_layers), layers) if config.lora_layers else range(layers)
         peft_config = LoraConfig(
             r=config.lora_rank,
             lora_alpha=2 * config.lora_rank,
-            target_modules=_linear_names(model),
-            layers_to_transform=list(top),
+            target_modules=linear_names(model),
+            layers_to_transform=top_layers(model.config.num_hidden_layers, config.lora_layers),
             task_type="SEQ_CLS",
             modules_to_save=["score"],
         )

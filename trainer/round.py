@@ -33,7 +33,7 @@ from trainer.evaluate import (
 from trainer.kto import kto_examples, run_kto
 from trainer.metrics import TrainerMetrics
 from trainer.pairs import HeldOut, Messages, PairSet, build_pairs, continuation_pairs, is_rewrite
-from trainer.ppo import PolicyTraining, encode_prompts, load_policy, run_ppo
+from trainer.ppo import PolicyLora, PolicyTraining, encode_prompts, load_policy, run_ppo
 from trainer.records import CorrectedResponse
 from trainer.reward import RewardModel, load_tokenizer, prompt_ids
 from trainer.reward_update import update_reward_model
@@ -112,7 +112,7 @@ def collect_pairs(ctx: RoundContext, parent_version: str, parent_adapter: Path |
 def sample_policy(ctx: RoundContext, adapter: Path | None, prompts: dict[str, Messages]) -> dict[str, str]:
     """One sampled answer of the policy per prompt (anchors for lone thumbs)."""
     tokenizer = load_tokenizer(ctx.base_model)
-    policy = load_policy(ctx.base_model, adapter, ctx.settings.ppo.lora_rank, trainable=False)
+    policy = load_policy(ctx.base_model, adapter, PolicyLora.of(ctx.settings.ppo), trainable=False)
     ppo = ctx.settings.ppo
     keys = [key for key in prompts if len(prompt_ids(tokenizer, prompts[key])) <= ppo.max_prompt_tokens]
     texts: dict[str, str] = {}
@@ -213,9 +213,9 @@ def run_round(ctx: RoundContext, reward_only: bool = False) -> RoundResult:
             args = (tokenizer, reward, eval_prompts, queries, ppo_config.response_length, ppo_config.temperature,
                     samples, settings.seed, ppo_config.missing_eos_penalty)  # fmt: skip
             new = measure_policy(ppo.policy, *args)
-            reference = measure_policy(load_policy(ctx.base_model, None, settings.ppo.lora_rank, False), *args)
+            reference = measure_policy(load_policy(ctx.base_model, None, PolicyLora.of(settings.ppo), False), *args)
             parent = reference if parent_adapter is None else measure_policy(
-                load_policy(ctx.base_model, parent_adapter, settings.ppo.lora_rank, False), *args
+                load_policy(ctx.base_model, parent_adapter, PolicyLora.of(settings.ppo), False), *args
             )  # fmt: skip
         for name, measure in (("new", new), ("parent", parent), ("reference", reference)):
             for stat in ("mean_reward", "mean_kl", "mean_length", "ended"):
@@ -280,7 +280,7 @@ def train_policy(
         trained.extra["algorithm"] = algorithm
         return trained
     since = trained_through(start_manifest, algorithm) if start else -1
-    rng_seed, lora_rank, report = settings.seed + round_id, settings.ppo.lora_rank, step_logger(algorithm)
+    rng_seed, lora, report = settings.seed + round_id, PolicyLora.of(settings.ppo), step_logger(algorithm)
     if algorithm == "dpo":
         rows = train_pairs
         config, limit = settings.dpo, settings.dpo.max_pairs
@@ -292,7 +292,7 @@ def train_policy(
     chosen = continuation_pairs(rows, since, config.replay_ratio, limit, rng_seed)
     if not chosen:
         raise NoNewPairs(f"no feedback is new since the policy this round starts from (seq {since})")
-    trained = run(ctx.base_model, start, chosen, config, lora_rank, work, settings.seed, report)
+    trained = run(ctx.base_model, start, chosen, config, lora, work, settings.seed, report)
     trained.extra.update(algorithm=algorithm, trained_through_seq=max(r.seq for r in rows))
     return trained
 
@@ -310,7 +310,7 @@ def supervised_start(
     """The start policy fine-tuned on the demonstrations, saved as the adapter the RL phase starts from."""
     settings = ctx.settings
     work = settings.work_dir / f"round-{round_id}" / "sft"
-    trained = run_sft(ctx.base_model, start, demonstrations, settings.sft, settings.ppo.lora_rank, work,
+    trained = run_sft(ctx.base_model, start, demonstrations, settings.sft, PolicyLora.of(settings.ppo), work,
                       settings.seed, step_logger("sft"))  # fmt: skip
     adapter = work / "adapter"
     trained.policy.save_pretrained(adapter)

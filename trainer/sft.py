@@ -15,7 +15,7 @@ from pathlib import Path
 
 from flywheel.settings import SFTSection
 from trainer.dpo import chat_prompt, fit_offline
-from trainer.ppo import PolicyTraining
+from trainer.ppo import PolicyLora, PolicyTraining
 from trainer.records import CorrectedResponse
 
 
@@ -30,7 +30,7 @@ def run_sft(
     start_adapter: Path | None,
     demonstrations: Sequence[CorrectedResponse],
     config: SFTSection,
-    lora_rank: int,
+    lora: PolicyLora,
     work_dir: Path,
     seed: int = 0,
     report: Callable[[int, int, dict], None] | None = None,
@@ -41,7 +41,7 @@ def run_sft(
     if not demonstrations:
         raise ValueError("the supervised phase needs at least one demonstration")
     run = fit_offline(
-        "sft", base_model, start_adapter, lora_rank, config, work_dir, seed, len(demonstrations),
+        "sft", base_model, start_adapter, lora, config, work_dir, seed, len(demonstrations),
         lambda tokenizer: sft_rows(tokenizer, demonstrations), SFTTrainer, SFTConfig, report,
         completion_only_loss=True,
     )  # fmt: skip

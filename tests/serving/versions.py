@@ -17,17 +17,22 @@ from tests.conftest import RunningServer, serving_env, start_serving
 
 
 def make_lora_version(
-    base_model: Path, store: ModelStore, version: str, seed: int, parent: str = "base", extra: dict | None = None
-) -> Manifest:
-    """A LoRA adapter with random (non-zero) weights, so each version answers differently."""
+    base_model: Path, store: ModelStore, version: str, seed: int, parent: str = "base", extra: dict | None = None,
+    top_layers: int = 0,
+) -> Manifest:  # fmt: skip
+    """A LoRA adapter with random (non-zero) weights, so each version answers differently.
+
+    `top_layers`: on the top N layers only, as the trainer makes them with `ppo.lora_layers`.
+    """
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
+
+    from trainer.ppo import PolicyLora, lora_config
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.bfloat16)
-    config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
-    peft_model = get_peft_model(model, config)
+    peft_model = get_peft_model(model, lora_config(model, PolicyLora(8, top_layers)))
     with torch.no_grad():
         for name, parameter in peft_model.named_parameters():
             if "lora_B" in name:

@@ -20,7 +20,7 @@ from trainer import round as round_module
 from trainer.candidates import candidates
 from trainer.context import CANDIDATE_KEY, REWARD_MODEL_KEY
 from trainer.evaluate import measure_policy
-from trainer.ppo import encode_prompts, load_policy
+from trainer.ppo import PolicyLora, encode_prompts, load_policy
 from trainer.reward import RewardModel, load_tokenizer
 from trainer.round import run_round
 
@@ -149,7 +149,7 @@ def test_the_evaluation_scores_a_cut_answer_as_ppo_does_less_the_missing_eos_pen
     classifier = AutoModelForSequenceClassification.from_pretrained(taught_policy, num_labels=1)
     classifier.config.pad_token_id = tokenizer.pad_token_id
     reward = RewardModel(classifier, tokenizer, 64)
-    policy = load_policy(str(taught_policy), None, 4, trainable=False)
+    policy = load_policy(str(taught_policy), None, PolicyLora(4), trainable=False)
     prompts = [(("user", "Could you help me, please?"),), (("user", "Tell me about the weather."),)]
     queries = encode_prompts(tokenizer, prompts, 10**9)
     args = (policy, tokenizer, reward, prompts, queries, 3, 1.0, 4, 0)  # 3 tokens: most answers are cut
