@@ -5,10 +5,13 @@
 - a lone thumb (a prompt whose rated answers all point one way) is paired with the policy's own
   sample for that prompt: an up answer beats it, a down answer loses to it. This keeps a single
   Bradley-Terry objective (TRL's RewardTrainer) and anchors a thumb to what the policy does now.
-  Only lone thumbs of the minority verdict are paired: a sample is a typical answer, and a typical
-  answer gets the majority verdict, so only a minority thumb stands against it. (A live run's
-  first round had 15 ups to 91 downs: 66 of its 71 sample pairs put one disliked answer above
-  another, about as often wrong as right, and they were 42 % of the held-out pairs);
+  A sample is a typical answer: with a share m of thumbs up, it would be liked with probability
+  about m, so a pair of it against a thumbs-down answer is right about 0.5 + m/2 of the time (a
+  tie of verdicts is a coin toss), and one against a thumbs-up answer 0.5 + (1 - m)/2. The
+  majority verdict's lone thumbs are paired only while the minority's share is at least a third,
+  so no such pair is right less than two times in three. (A live run's first round had 15 ups
+  to 91 downs: 66 of its 71 sample pairs were a thumbs down, right about 57 % of the time, and
+  they were 12 of its 30 held-out pairs);
 - a correction (a user's rewrite of an answer) beats the answer it rewrote;
 - imported pairs are used as they are.
 The held-out slice is chosen by a hash of the prompt: fixed for a prompt, growing with the data,
@@ -29,6 +32,7 @@ from trainer.records import CorrectedResponse, ExternalPairRow, RankedCompletion
 
 TIE = 4  # ComparisonStrength.COMPARISON_STRENGTH_TIE
 MAX_PAIRS_PER_PROMPT = 16
+MIN_MINORITY_SHARE = 1 / 3  # below it, the majority's lone thumbs are not paired with a sample
 
 Messages = tuple[tuple[str, str], ...]
 
@@ -115,6 +119,7 @@ def thumbs_pairs(
             by_prompt[response.prompt_key].append(response)
     all_ups = sum(r.net_rating > 0 for responses in by_prompt.values() for r in responses)
     all_downs = sum(len(responses) for responses in by_prompt.values()) - all_ups
+    lopsided = min(all_ups, all_downs) < MIN_MINORITY_SHARE * (all_ups + all_downs)
     pairs: list[Pair] = []
     need: dict[str, Messages] = {}
     for key, responses in by_prompt.items():
@@ -128,7 +133,7 @@ def thumbs_pairs(
         ]
         if not found:
             majority = all_ups > all_downs if responses[0].net_rating > 0 else all_downs > all_ups
-            if majority:  # a sample would most likely share the verdict
+            if majority and lopsided:  # a sample would most likely share the verdict
                 continue
             samples = [text for text in anchors.get(key, []) if all(text != r.text for r in responses)]
             if not samples:

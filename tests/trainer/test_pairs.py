@@ -35,29 +35,32 @@ def test_lone_thumbs_are_paired_with_the_policys_own_sample():
 
 
 def test_lone_thumbs_without_a_sample_ask_for_one():
-    dislikes = [rated("q", 0, "bad", -1), rated("r", 0, "worse", -1)]
+    dislikes = [rated("q", 0, "bad", -1), rated("r", 0, "worse", -1), rated("s", 0, "worst", -1)]
     pairs, need = thumbs_pairs([rated("p", 0, "good", 1), *dislikes], {"p": ["good"]})  # the rated text is no anchor
     assert pairs == []
     assert need == {"p": PROMPT}
 
 
-def test_only_lone_thumbs_of_the_minority_verdict_are_paired_with_a_sample():
+def test_the_majoritys_lone_thumbs_are_paired_with_a_sample_only_while_the_split_is_not_lopsided():
     # Most answers are disliked: a sample is most likely disliked too, so "sample beats a disliked
-    # answer" says little, and "a liked answer beats the sample" says much.
-    mostly_down = [rated("p", 0, "liked", 1), rated("q", 0, "disliked", -1), rated("r", 0, "also disliked", -1)]
-    anchors = {key: [f"sample {key}"] for key in "pqr"}
+    # answer" is about a coin toss, and "a liked answer beats the sample" says much.
+    mostly_down = [rated("p", 0, "liked", 1), *(rated(k, 0, f"disliked {k}", -1) for k in "qrs")]
+    anchors = {key: [f"sample {key}"] for key in "pqrs"}
     pairs, need = thumbs_pairs(mostly_down, anchors)
     assert [(p.chosen, p.rejected) for p in pairs] == [("liked", "sample p")]
     assert need == {}
     _, need = thumbs_pairs(mostly_down, {})
     assert need == {"p": PROMPT}  # no sample is drawn for a thumb that would not be paired with it
     # and the other way round once most answers are liked
-    mostly_up = [rated("p", 0, "liked", 1), rated("q", 0, "liked too", 1), rated("r", 0, "disliked", -1)]
+    mostly_up = [*(rated(k, 0, f"liked {k}", 1) for k in "pqr"), rated("s", 0, "disliked", -1)]
     pairs, _ = thumbs_pairs(mostly_up, anchors)
-    assert [(p.chosen, p.rejected) for p in pairs] == [("sample r", "disliked")]
-    # up against down on one prompt is a pair whatever the majority
+    assert [(p.chosen, p.rejected) for p in pairs] == [("sample s", "disliked")]
+    # a third or more on the minority side: both verdicts' lone thumbs are paired
+    pairs, _ = thumbs_pairs([*mostly_down[:3], rated("t", 0, "liked t", 1)], {**anchors, "t": ["sample t"]})
+    assert len(pairs) == 4
+    # up against down on one prompt is a pair whatever the split
     pairs, _ = thumbs_pairs([*mostly_down, rated("q", 1, "liked on q", 1)], anchors)
-    assert ("liked on q", "disliked", "thumbs") in {(p.chosen, p.rejected, p.source) for p in pairs}
+    assert ("liked on q", "disliked q", "thumbs") in {(p.chosen, p.rejected, p.source) for p in pairs}
 
 
 def test_build_pairs_splits_by_prompt_and_keeps_every_source():
