@@ -131,7 +131,9 @@ class GateSection(BaseModel):
     eval_prompts: int = Field(32, description="Held-out prompts the evaluation generates for.")
     eval_samples: int = Field(4, description="Answers sampled per held-out prompt (same seeds for every policy).")
     min_reward_gain: float = Field(0.0, description="Mean per-prompt reward gain over the parent must exceed this.")
-    min_gain_stderrs: float = Field(2.0, description="...and exceed this many standard errors of the per-prompt gains.")
+    min_gain_stderrs: float = Field(
+        2.0, description="...and exceed this many standard errors of the per-prompt gains (<0: unless so much worse).",
+    )
     kl_budget: float = Field(25.0, description="Largest mean sequence KL(policy ‖ reference) in nats.")
     length_band: float = Field(2.0, description="Mean answer length may grow to at most x times the reference's.")
     min_length_ratio: float = Field(0.125, description="...and shrink to no less than x times it (no blanks).")

@@ -175,7 +175,11 @@ def policy_gate(new: PolicyMeasure, parent: PolicyMeasure, reference: PolicyMeas
 def gain_gate(new: PolicyMeasure, parent: PolicyMeasure, config: GateSection) -> str:
     """Why the new policy's reward did not rise clearly over its parent's ('' when it did)."""
     gain, stderr = reward_gain(new, parent)
-    noise = config.min_gain_stderrs * stderr if config.min_gain_stderrs > 0 else 0.0
+    # A negative margin lets a version through unless it is that many standard errors worse; with
+    # no spread to measure (one prompt) only a margin of 0 or below can pass.
+    noise = config.min_gain_stderrs * stderr if config.min_gain_stderrs else 0.0
+    if config.min_gain_stderrs < 0 and math.isnan(stderr):
+        noise = 0.0
     if gain > config.min_reward_gain and gain > noise:
         return ""
     return (

@@ -77,6 +77,17 @@ def test_one_prompt_has_no_spread_so_only_a_zero_noise_gate_passes_it():
     assert policy_gate(new, parent, REFERENCE, GATES.model_copy(update={"min_gain_stderrs": 0.0})) == []
 
 
+def test_a_negative_margin_publishes_a_policy_unless_it_is_clearly_worse():
+    lenient = GATES.model_copy(update={"min_reward_gain": -1000.0, "min_gain_stderrs": -2.0})
+    slightly_worse = PolicyMeasure((0.9, 1.2, 0.9, 0.8), 2.0, 30)  # gains -0.1, +0.2, -0.1, -0.2
+    assert policy_gate(slightly_worse, PARENT, REFERENCE, lenient) == []
+    assert len(policy_gate(slightly_worse, PARENT, REFERENCE, GATES)) == 1
+    clearly_worse = PolicyMeasure((0.0, 0.1, -0.1, 0.05), 2.0, 30)  # about 1.0 worse on every prompt
+    (reason,) = policy_gate(clearly_worse, PARENT, REFERENCE, lenient)
+    assert "did not rise beyond noise" in reason
+    assert len(policy_gate(PARENT, PARENT, REFERENCE, lenient)) == 1  # an unchanged policy is not news
+
+
 def test_the_length_band_allows_concise_answers_but_not_blanks_or_rambling():
     # reference 40 tokens: the band is [40 * 0.125, 40 * 2] = [5, 80]
     better = (1.2, 1.3, 1.1, 1.4)
