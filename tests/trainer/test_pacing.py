@@ -93,11 +93,10 @@ def test_the_installed_hook_paces_real_torch_modules():
         pace.contended = lambda: True
         pace.slice_s = 0.0
         x = torch.randn(4, 64)
-        started = time.monotonic()
-        deadline = started + 0.5
-        while time.monotonic() < deadline:
+        started = time.process_time()  # the pacer counts compute in CPU time: a busy machine gives less of it
+        while time.process_time() - started < 0.3:
             layer(x)
-        assert pace.slept_s > 0.1  # about half of the wall time was spent asleep
+        assert pace.slept_s > 0.1  # duty 0.5: about as long asleep as computing
         assert pacing.install(1.0) is None  # duty 1: the hook is gone
         slept = pace.slept_s
         layer(x)
