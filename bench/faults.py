@@ -29,6 +29,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -100,6 +101,15 @@ def service_process(stack: Stack, command: str):
             if command in process.cmdline()[3:5]:
                 return process
     raise LookupError(f"no {command} process under flywheel up")
+
+
+def cores(stack: Stack) -> dict:
+    """The cores the trainer may run on and those the engine bound its compute threads to (flywheel/cores.py)."""
+    bound = re.findall(r"local_rank=0, core ids=\[([\d, ]*)\]", (stack.data_dir / "logs" / "serving.log").read_text())
+    return {
+        "trainer": sorted(service_process(stack, "train").cpu_affinity()),
+        "engine": [int(core) for core in bound[-1].split(",")] if bound else None,
+    }
 
 
 def kill_group(stack: Stack, command: str) -> None:
@@ -239,6 +249,7 @@ def run(args: argparse.Namespace) -> dict:
         traffic = None
         try:
             stack.wait_ready()
+            bound = cores(stack)
             traffic = Traffic(stack, args.retry_s).start()
             time.sleep(args.hold_s)
             for fault in args.fault or FAULTS:
@@ -280,6 +291,7 @@ def run(args: argparse.Namespace) -> dict:
         "feedback": feedback_counts(traffic.feedback, traffic.accepted, rows),
         "unexpected_answers": traffic.errors,
         "rounds": Counter(r.get("outcome") for r in rounds),
+        "cores": bound,
         **check_store(data_dir / "data"),
     }
     counts = result["feedback"]

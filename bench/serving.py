@@ -177,12 +177,12 @@ async def _http_load(url: str) -> dict:
 
 
 @contextlib.contextmanager
-def serving_process(model: str, port: int, log_name: str) -> Iterator[str]:
+def serving_process(model: str, port: int, log_name: str, env: dict[str, str] | None = None) -> Iterator[str]:
     """`flywheel serve` alone (no broker) on `port`, its log in .flywheel/LOG_NAME; yields its URL, stops its group."""
     from flywheel.supervisor import wait_http_ready
 
     work = ROOT / ".flywheel"
-    env = {**os.environ, "FLYWHEEL_KAFKA_BOOTSTRAP": "127.0.0.1:1", "FLYWHEEL_DATA_DIR": str(work)}
+    env = {**os.environ, **(env or {}), "FLYWHEEL_KAFKA_BOOTSTRAP": "127.0.0.1:1", "FLYWHEEL_DATA_DIR": str(work)}
     with open(work / log_name, "wb") as log:
         server = subprocess.Popen(
             [sys.executable, "-m", "flywheel.cli", "serve", "--model", model, "--port", str(port)],

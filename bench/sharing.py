@@ -3,13 +3,16 @@
 One `flywheel serve` (default model, no broker) under a steady chat load of `--users` concurrent
 clients; in each window a training process does what most of a round does (the LoRA policy's
 forward and backward over `--train-batch` x 128 tokens, in a loop) under one of the trainer's CPU policies
-(`trainer/cpu.py`: `nice`, `idle`, `normal`; `paceD`: `nice` and a duty cycle D, `trainer/pacing.py`),
-or no training runs at all. Windows go round-robin over the modes `--repeats`
+(`trainer/cpu.py`: `nice`, `idle`, `normal`; `paceD`: `nice` and a duty cycle D, `trainer/pacing.py`;
+a suffix `@C` pins the trainer to core C), or no training runs at all. `--engine-cpus` repeats it all
+for each way of binding the engine's OpenMP threads (`auto`: vLLM's, on every core here; `1`: on
+core 1 alone, leaving core 0 to the front end and the trainer). Windows go round-robin over the modes `--repeats`
 times, so drift on the machine falls on every mode alike. For each mode: chat completions per
 second and median latency against the no-training windows (ratios, with their range over the
 repeats), and training steps per second against training alone on an idle machine.
 
-    python bench/sharing.py [--modes none,nice,pace0.5] [--window-s 60] [--repeats 3] [--out FILE]
+    python bench/sharing.py [--modes none,nice,pace0.5,normal@0] [--engine-cpus auto,1] [--window-s 60]
+        [--repeats 3] [--out FILE]
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ def train_forever(mode: str, model: str, steps_file: Path, batch: int = 2) -> No
     from trainer.cpu import yield_cpu
     from trainer.pacing import install
 
+    mode, _, cores = mode.partition("@")  # normal@0: the trainer pinned to core 0
+    if cores:
+        os.sched_setaffinity(0, {int(core) for core in cores.split("+")})
     if mode.startswith("pace"):  # pace0.5: the trainer's default policy with a duty cycle of 0.5
         yield_cpu("nice")
         install(float(mode[4:]))
@@ -116,7 +122,8 @@ def warm_trainer(mode: str, model: str, steps_file: Path, batch: int) -> subproc
     return trainer
 
 
-def summarise(windows: list[dict], alone: dict[str, float]) -> dict:
+def summarise(windows: list[dict], alone: dict[str, float], first_idle: list[dict] | None = None) -> dict:
+    """Per mode, against the idle windows of the same engine (and of the first engine, when given)."""
     idle = [w for w in windows if w["mode"] == "none"]
     idle_rate = statistics.median(w["completions_per_s"] for w in idle)
     idle_p50 = statistics.median(w["p50_s"] for w in idle)
@@ -126,11 +133,18 @@ def summarise(windows: list[dict], alone: dict[str, float]) -> dict:
         throughput = [w["completions_per_s"] / idle_rate for w in mine]
         latency = [w["p50_s"] / idle_p50 for w in mine]
         row = {
+            "completions_per_s": statistics.median(w["completions_per_s"] for w in mine),
+            "p50_s": statistics.median(w["p50_s"] for w in mine),
             "throughput_ratio": statistics.median(throughput),
             "throughput_ratio_range": [min(throughput), max(throughput)],
             "p50_latency_ratio": statistics.median(latency),
             "p50_latency_ratio_range": [min(latency), max(latency)],
         }
+        if first_idle:  # against the first engine's idle serving: what a user of this binding gets
+            row["throughput_vs_first_idle"] = row["completions_per_s"] / statistics.median(
+                w["completions_per_s"] for w in first_idle
+            )
+            row["p50_vs_first_idle"] = row["p50_s"] / statistics.median(w["p50_s"] for w in first_idle)
         if mode != "none":
             rates = [w["train_steps_per_s"] for w in mine]
             row["train_steps_per_s"] = statistics.median(rates)
@@ -149,6 +163,8 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=4, help="concurrent chat clients (the simulator's 4 turns)")
     parser.add_argument("--train-batch", type=int, default=2,
                         help="sequences of 128 tokens per training step (small: fine-grained step counts)")  # fmt: skip
+    parser.add_argument("--engine-cpus", default="auto",
+                        help="comma-separated VLLM_CPU_OMP_THREADS_BIND values, one serving run each")  # fmt: skip
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -174,22 +190,27 @@ def main() -> int:
         print(f"training alone ({mode}): {alone[mode]:.3f} steps/s", file=sys.stderr)
 
     windows = []
-    with serving_process(model, 18766, "bench-sharing-serve.log") as url:
-        asyncio.run(chat_window(url, args.users, 10))  # warm-up
-        for repeat in range(args.repeats):
-            for mode in modes:
-                trainer = warm_trainer(mode, model, steps_file, args.train_batch) if mode != "none" else None
-                started = time.monotonic()
-                count, latencies = asyncio.run(chat_window(url, args.users, args.window_s))
-                ended = time.monotonic()
-                window = {"mode": mode, "repeat": repeat, "completions": count,
-                          "completions_per_s": count / (ended - started),
-                          "p50_s": statistics.median(latencies) if latencies else None}  # fmt: skip
-                if trainer is not None:
-                    window["train_steps_per_s"] = step_rate(steps_file, started, ended)
-                    stop(trainer)
-                windows.append(window)
-                print(json.dumps(window), file=sys.stderr)
+    engines = [e.strip() for e in args.engine_cpus.split(",") if e.strip()]
+    for engine in engines:
+        env = {"VLLM_CPU_OMP_THREADS_BIND": engine}
+        with serving_process(model, 18766, f"bench-sharing-serve-{engine}.log", env) as url:
+            asyncio.run(chat_window(url, args.users, 10))  # warm-up
+            for repeat in range(args.repeats):
+                for mode in modes:
+                    trainer = warm_trainer(mode, model, steps_file, args.train_batch) if mode != "none" else None
+                    started = time.monotonic()
+                    count, latencies = asyncio.run(chat_window(url, args.users, args.window_s))
+                    ended = time.monotonic()
+                    window = {"engine_cpus": engine, "mode": mode, "repeat": repeat, "completions": count,
+                              "completions_per_s": count / (ended - started),
+                              "p50_s": statistics.median(latencies) if latencies else None}  # fmt: skip
+                    if trainer is not None:
+                        window["train_steps_per_s"] = step_rate(steps_file, started, ended)
+                        stop(trainer)
+                    windows.append(window)
+                    print(json.dumps(window), file=sys.stderr)
+    by_engine = {e: [w for w in windows if w["engine_cpus"] == e] for e in engines}
+    first_idle = [w for w in by_engine[engines[0]] if w["mode"] == "none"]
     report = {
         "benchmark": "sharing",
         "model": model,
@@ -199,7 +220,10 @@ def main() -> int:
         "repeats": args.repeats,
         "cpus": os.cpu_count(),
         "training_alone_steps_per_s": alone,
-        "modes": summarise(windows, alone),
+        "engine_cpus": {
+            engine: summarise(mine, alone, first_idle if engine != engines[0] else None)
+            for engine, mine in by_engine.items()
+        },
         "targets": {"throughput_ratio": ">= 0.5", "p50_latency_ratio": "<= 2.0"},
         "windows": windows,
     }

@@ -81,6 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """The trainer service, or (--once) one round: JSON on stdout, non-zero unless it published or trained."""
     import json
 
+    from flywheel.cores import pin
     from flywheel.models import resolve_model
     from trainer import hardware
     from trainer.cpu import yield_cpu
@@ -89,6 +90,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     hardware.configure(settings.device)  # FLYWHEEL_DEVICE=cuda without a GPU: a message, before any work
     base_model = resolve_model(settings.model, settings.models_dir)
     yield_cpu("nice", settings.nice, threads=None)  # users are served first (torch's threads: TrainerService)
+    pin(settings.trainer_cpus)
     if not args.once:
         import uvicorn
 

@@ -26,6 +26,7 @@ from flywheel.training_settings import (
 )
 
 PLACEHOLDER_SECRET = "change-me-local-only"
+CPU_LIST = r"^(auto|\d+(-\d+)?(,\d+(-\d+)?)*)?$"  # auto, or core ids and ranges: 0 / 1-3,5
 
 TOPIC_COMPLETIONS = "flywheel.completions.v1"
 TOPIC_FEEDBACK = "flywheel.feedback.v1"
@@ -181,6 +182,12 @@ class ServingSettings(CommonSettings):
     cpu_reserved_cores: int | None = Field(
         0, description="Cores vLLM-CPU keeps from compute for the front end (None: vLLM's default, 1)."
     )
+    engine_cpus: str = Field(
+        "auto",
+        pattern=CPU_LIST,
+        description="Cores of the CPU engine's compute threads (VLLM_CPU_OMP_THREADS_BIND): auto, or a list like 1-3,5"
+        " (flywheel up splits the cores: flywheel/cores.py).",
+    )
     preload_iomp: bool = Field(True, description="Run the CPU engine with Intel's OpenMP runtime.")
     gpu_memory_utilization: float = Field(0.85, description="Share of GPU memory vLLM may take (GPU only).")
     max_num_seqs: int = Field(32, description="Sequences the engine runs at once.")
@@ -266,6 +273,9 @@ class TrainerSettings(CommonSettings):
     torch_threads: int = Field(1, description="Threads torch uses; 2 ran 3-6x slower beside serving on 2 cores.")
     nice: int = Field(
         10, ge=0, le=19, description="Scheduling niceness the trainer process adds to itself, so serving keeps the CPU."
+    )
+    trainer_cpus: str = Field(
+        "", pattern=CPU_LIST, description="Cores the trainer runs on, a list like 0 or 0-1 (empty or auto: any)."
     )
     duty_cycle: float = Field(
         0.5,

@@ -195,6 +195,7 @@ class Ports:
 
 def up(settings: ServingSettings, ports: Ports) -> int:
     """Broker, serving, feedback and trainer as children of one supervisor, until Ctrl-C."""
+    from flywheel.cores import split_cores
     from flywheel.models import resolve_model
     from flywheel.settings import PLACEHOLDER_SECRET
 
@@ -212,6 +213,7 @@ def up(settings: ServingSettings, ports: Ports) -> int:
         "FLYWHEEL_FEEDBACK_PUBLIC_URL": feedback_url,
         "FLYWHEEL_TRAINER_PUBLIC_URL": trainer_url,
         "FLYWHEEL_CORS_ORIGINS": f"{serving_url},http://localhost:{ports.serving}",
+        **split_cores(os.environ),
     }
     children = [
         Child(

@@ -39,4 +39,8 @@ def test_every_accepted_event_is_stored_once_through_kills_poison_and_a_full_dis
     else:
         assert "skipped" in faults["disk"]
     assert all(fault.get("healthy_after_s", 0) < 120 for fault in result["faults"]), result["faults"]
+    if len(os.sched_getaffinity(0)) >= 2:  # flywheel up gave the trainer a core of its own (flywheel/cores.py)
+        bound = result["cores"]
+        assert bound["trainer"] == [min(os.sched_getaffinity(0))], bound
+        assert bound["engine"] and not set(bound["engine"]) & set(bound["trainer"]), bound
     assert result["ok"] and run.returncode == 0, run.stderr[-3000:]
