@@ -152,6 +152,7 @@ def feedback_counts(sent: Counter, accepted: set[str], rows: list[tuple[str, str
         "duplicates": sum(n - 1 for n in keys.values() if n > 1) + sum(n - 1 for n in stored_ids.values() if n > 1),
         "stored_unanswered": len(set(stored_ids) - accepted),  # committed, but its 202 never arrived
         "lost": len(accepted - set(stored_ids)),
+        "lost_ids": sorted(accepted - set(stored_ids))[:20],  # to look up in the feedback outbox and the logs
     }
 
 

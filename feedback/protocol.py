@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Id = Annotated[str, Field(min_length=1, max_length=200)]
 Token = Annotated[str, Field(min_length=1, max_length=2_000)]
@@ -68,8 +68,18 @@ class FeedbackAccepted(BaseModel):
     duplicate: bool = Field(description="True when this was a retry of an event already accepted.")
 
 
+MAX_PROMPT_CHARS = 50_000  # of an imported pair's prompt, however it is given
+
+
+class PromptMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant"]
+    content: Annotated[str, Field(max_length=50_000)]
+
+
 class PreferencePair(BaseModel):
-    """One offline preference pair: HH-format dialogues, or a prompt with two answers.
+    """One offline preference pair: HH-format dialogues, a prompt with two answers, or the prompt's
+    messages with two answers (an AI judge's verdict on a served conversation: trainer/judge.py).
 
     Every field is bounded (one pair's event holds at most ~450,000 characters); an event the
     broker still refuses as too large is dead-lettered by the relay, not retried forever.
@@ -78,7 +88,14 @@ class PreferencePair(BaseModel):
     model_config = ConfigDict(extra="ignore")
     chosen: Annotated[str, Field(min_length=1, max_length=200_000)]
     rejected: Annotated[str, Field(min_length=1, max_length=200_000)]
-    prompt: Annotated[str, Field(min_length=1, max_length=50_000)] | None = None
+    prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)] | None = None
+    messages: Annotated[list[PromptMessage], Field(min_length=1, max_length=64)] | None = None
+
+    @model_validator(mode="after")
+    def _bounded_messages(self) -> PreferencePair:
+        if self.messages is not None and sum(len(m.content) for m in self.messages) > MAX_PROMPT_CHARS:
+            raise ValueError(f"messages hold more than {MAX_PROMPT_CHARS} characters in all")
+        return self
 
 
 class PreferenceImport(BaseModel):

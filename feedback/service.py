@@ -206,7 +206,12 @@ class FeedbackService:
     def prepare_pair(self, pair: PreferencePair, source: str, user_id: str) -> Prepared:
         """An offline preference pair (HH dialogues, or a prompt with two answers)."""
         try:
-            if pair.prompt is not None:
+            if pair.messages is not None:
+                if pair.prompt is not None:
+                    raise MalformedDialogue("give the prompt either as 'prompt' or as 'messages', not both")
+                prompt = [m.model_dump() for m in pair.messages]
+                chosen, rejected = pair.chosen, pair.rejected
+            elif pair.prompt is not None:
                 prompt = [{"role": "user", "content": pair.prompt}]
                 chosen, rejected = pair.chosen, pair.rejected
             else:

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from flywheel.training_settings import (
     DPOSection,
     GateSection,
+    JudgeSection,
     KTOSection,
     PPOSection,
     RewardSection,
@@ -295,6 +296,7 @@ class TrainerSettings(CommonSettings):
     dpo: DPOSection = DPOSection()
     kto: KTOSection = KTOSection()
     sft: SFTSection = SFTSection()
+    judge: JudgeSection = JudgeSection()
     gates: GateSection = GateSection()
     rollout: RolloutSection = RolloutSection()
     cors_origins: str = Field(

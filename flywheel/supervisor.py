@@ -212,6 +212,7 @@ def up(settings: ServingSettings, ports: Ports) -> int:
         # know where they are, and they must allow serving's origin (CORS).
         "FLYWHEEL_FEEDBACK_PUBLIC_URL": feedback_url,
         "FLYWHEEL_TRAINER_PUBLIC_URL": trainer_url,
+        "FLYWHEEL_JUDGE__FEEDBACK_URL": feedback_url,  # an AI judge's verdicts go through this stack's feedback
         "FLYWHEEL_CORS_ORIGINS": f"{serving_url},http://localhost:{ports.serving}",
         **split_cores(os.environ),
     }

@@ -6,7 +6,7 @@ them and reads them as FLYWHEEL_<SECTION>__<FIELD>.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 
 class RoundTriggerSection(BaseModel):
@@ -123,6 +123,24 @@ class SFTSection(BaseModel):
     batch_size: int = Field(8, ge=1, description="Demonstrations per optimiser step.")
     max_length: int = Field(448, ge=16, description="Tokens of prompt + answer; longer ones lose their end.")
     max_demonstrations: int = Field(1024, ge=1, description="Most demonstrations one phase trains on (the newest).")
+
+
+class JudgeSection(BaseModel):
+    """AI feedback (trainer/judge.py): a judge model compares pairs of served answers against a constitution."""
+
+    url: str = Field("", description="Base URL of the judge's OpenAI-compatible API, e.g. http://host:8000/v1 (empty: off).")
+    model: str = Field("", description="The judge's model name (empty: the first one its /models lists).")
+    api_key: SecretStr = Field(SecretStr(""), description="Bearer key of the judge's API, when it needs one.")
+    constitution: str = Field("", description="A text file of the principles to judge by (empty: the built-in ones).")
+    pairs_per_round: int = Field(16, ge=0, description="Pairs of answers judged (each in both orders) per round.")
+    weight: float = Field(
+        1.0, ge=0.0, description="How many human pairs one AI pair counts as in training (0: judged, not trained on)."
+    )
+    feedback_url: str = Field(
+        "http://127.0.0.1:8001", description="The feedback service that takes the verdicts (its import route)."
+    )
+    timeout_s: float = Field(60.0, gt=0, description="Longest wait for one verdict.")
+    wait_s: float = Field(30.0, ge=0, description="Longest wait for the verdicts to come back through Kafka.")
 
 
 class GateSection(BaseModel):

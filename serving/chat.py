@@ -228,7 +228,9 @@ class ChatService:
             state.finish_reason = output.finish_reason
         return state, logprobs
 
-    def _feedback_token(self, prep: Prepared, index: int) -> str:
+    def _feedback_token(self, prep: Prepared, index: int) -> str | None:
+        if prep.request.store is False:  # not kept: no completion for feedback to point at
+            return None
         return self.tokens.issue(prep.completion_id, index, prep.request.n, prep.user_id, prep.policy_of(index).version)
 
     async def complete(self, prep: Prepared) -> ChatCompletionResponse:
@@ -328,7 +330,7 @@ class ChatService:
         if outcome == "aborted":
             for state in prep.choices.values():
                 state.finish_reason = state.finish_reason or "abort"
-        if self.publisher is not None:
+        if self.publisher is not None and prep.request.store is not False:
             event = completion_event(prep, usage)
             self.publisher.publish(prep.completion_id, event.SerializeToString())
         return usage

@@ -94,6 +94,10 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: Annotated[str, Field(max_length=256)] | None = None
+    store: bool | None = Field(
+        None, description="false: this conversation is not kept, so Flywheel never learns from it (no Completion "
+        "event, no feedback token); an AI judge's questions (trainer/judge.py) ask so. Default: kept.",
+    )
     ignore_eos: bool = Field(False, description="vLLM extension: keep generating past end-of-sequence.")
     policy_version: Annotated[str, Field(min_length=1, max_length=128)] | None = Field(
         None, description="Flywheel: pin a policy version (evaluation)."
@@ -167,7 +171,7 @@ class Choice(BaseModel):
     message: AssistantMessage
     finish_reason: str | None
     logprobs: ChoiceLogprobs | None = None
-    feedback_token: str
+    feedback_token: str | None = Field(None, description="For feedback on this choice; none when `store` was false.")
     policy_version: str | None = Field(None, description="The version of this choice (compare mode).")
 
 

@@ -36,6 +36,8 @@ class RoundContext:
     # any roll-out event, and the round then takes the newest published version.
     parent: Callable[[], str | None]
     metrics: TrainerMetrics = field(default_factory=TrainerMetrics)
+    # Stores what the topics hold now, where no ingest thread does (flywheel train --once); None beside one.
+    catch_up: Callable[[], None] | None = None
 
 
 @dataclass

@@ -26,6 +26,7 @@ from flywheel.settings import TOPIC_COMPLETIONS, TOPIC_FEEDBACK
 from flywheel.v1 import events_pb2
 from trainer.ledger import RoundLedger
 from trainer.records import (
+    AI_SOURCE,
     FEEDBACK_KINDS,
     SCHEMA,
     CorrectedResponse,
@@ -149,6 +150,8 @@ class DatasetStore(RoundLedger, RolloutSignals):
             raise ValueError("a feedback event without event_id or kind")
         if kind == "comparison":
             _check_comparison(event)
+        if kind == "external_pair" and event.external_pair.source == AI_SOURCE:
+            kind = "ai_pair"  # a judge's verdict (trainer/judge.py): kept apart from people's feedback
         seq = self._insert_event(db, event, topic, kind, payload, now, event.idempotency_key or None)
         if not seq:
             return ""
@@ -233,11 +236,31 @@ class DatasetStore(RoundLedger, RolloutSignals):
         return found
 
     def external_pairs(self) -> list[ExternalPairRow]:
-        rows = self._query("SELECT prompt_key, prompt, chosen, rejected, seq FROM external_pairs ORDER BY seq")
+        rows = self._query("SELECT prompt_key, prompt, chosen, rejected, seq, source FROM external_pairs ORDER BY seq")
         return [
-            ExternalPairRow(key, messages_from_json(prompt), chosen, rejected, seq)
-            for key, prompt, chosen, rejected, seq in rows
+            ExternalPairRow(key, messages_from_json(prompt), chosen, rejected, seq, source or "")
+            for key, prompt, chosen, rejected, seq, source in rows
         ]
+
+    def answers_by_prompt(self, recent: int = 2_000) -> list[tuple[str, tuple[tuple[str, str], ...], list[str]]]:
+        """(prompt_key, messages, distinct answers served) per prompt of the `recent` newest completions, newest first."""
+        rows = self._query(
+            "SELECT prompt_key, messages, choices FROM completions ORDER BY seq DESC LIMIT ?", (recent,)
+        )
+        found: dict[str, tuple[tuple[tuple[str, str], ...], list[str]]] = {}
+        for key, messages, choices in rows:
+            texts = found.setdefault(key, (messages_from_json(messages), []))[1]
+            texts.extend(text for text in json.loads(choices) if text.strip() and text not in texts)
+        return [(key, messages, texts) for key, (messages, texts) in found.items()]
+
+    def judged_digests(self) -> set[str]:
+        return {digest for (digest,) in self._query("SELECT digest FROM judgements")}
+
+    def save_judgements(self, verdicts: list[tuple[str, str]]) -> None:
+        """(pair digest, verdict) of pairs the AI judge has seen, so none is asked again."""
+        now = time.time()
+        with self._transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO judgements VALUES (?, ?, ?)", [(d, v, now) for d, v in verdicts])
 
     def unrated_choices(self, prompt_keys: Iterable[str]) -> dict[str, list[str]]:
         """Texts of choices nobody rated, by prompt: the policy's own samples for those prompts."""

@@ -33,6 +33,14 @@ class TrainerMetrics:
             "flywheel_trainer_new_feedback", "Feedback events since the last finished round.", registry=r
         )
         self.pairs = Gauge("flywheel_trainer_pairs", "Preference pairs available, by split.", ["split"], registry=r)
+        self.train_pairs = Gauge(
+            "flywheel_trainer_train_pairs", "Training pairs of the last round by origin (human or ai, as weighted).",
+            ["origin"], registry=r,
+        )  # fmt: skip
+        self.judge_verdicts = Counter(
+            "flywheel_trainer_judge_verdicts", "AI judge comparisons by outcome (pair, tie, unparsed).", ["outcome"],
+            registry=r,
+        )  # fmt: skip
         self.phase_seconds = Histogram(
             "flywheel_trainer_round_phase_seconds", "Duration of each round phase.", ["phase"],
             buckets=PHASE_BUCKETS, registry=r,

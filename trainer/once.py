@@ -49,6 +49,7 @@ def run_once(settings: TrainerSettings, base_model: str, reward_only: bool) -> O
     log.info("trainer configuration: %s", settings.describe())
     try:
         service.catch_up()
+        service.context.catch_up = service.catch_up  # the AI judge's verdicts come back through Kafka
         result = service.run_round(reward_only=reward_only)
         service.announcer.announce_pending(service.context.policies)
     finally:

@@ -13,7 +13,9 @@
   to 91 downs: 66 of its 71 sample pairs were a thumbs down, right about 57 % of the time, and
   they were 12 of its 30 held-out pairs);
 - a correction (a user's rewrite of an answer) beats the answer it rewrote;
-- imported pairs are used as they are.
+- imported pairs are used as they are; an AI judge's verdicts (source "ai", trainer/judge.py)
+  train only, never held out, each counted `ai_weight` times (a fraction: that share of them,
+  the same ones every round).
 The held-out slice is chosen by a hash of the prompt: fixed for a prompt, growing with the data,
 and no prompt is on both sides.
 """
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Protocol, TypeVar
 
-from trainer.records import CorrectedResponse, ExternalPairRow, RankedCompletion, RatedResponse
+from trainer.records import AI_SOURCE, CorrectedResponse, ExternalPairRow, RankedCompletion, RatedResponse
 
 TIE = 4  # ComparisonStrength.COMPARISON_STRENGTH_TIE
 MAX_PAIRS_PER_PROMPT = 16
@@ -159,8 +161,18 @@ def correction_pairs(rows: Iterable[CorrectedResponse]) -> list[Pair]:
 
 def external_pairs(rows: Iterable[ExternalPairRow]) -> list[Pair]:
     return [
-        Pair(r.prompt_key, r.messages, r.chosen, r.rejected, "external", r.seq) for r in rows if r.chosen != r.rejected
+        Pair(r.prompt_key, r.messages, r.chosen, r.rejected, AI_SOURCE if r.source == AI_SOURCE else "external", r.seq)
+        for r in rows
+        if r.chosen != r.rejected
     ]
+
+
+def weighted_copies(pair: Pair, weight: float) -> int:
+    """How often a pair of weight `weight` is trained on: its whole part, and one more for a fixed
+    share (`weight`'s fraction) of the pairs, chosen by hash so a round and the next agree."""
+    whole = int(weight)
+    fraction = _hash_value("\x00".join((pair.prompt_key, pair.chosen, pair.rejected))) % 10_000 / 10_000
+    return whole + (fraction < weight - whole)
 
 
 def build_pairs(
@@ -170,6 +182,7 @@ def build_pairs(
     anchors: dict[str, list[str]],
     heldout: HeldOut | int,
     corrections: Iterable[CorrectedResponse] = (),
+    ai_weight: float = 1.0,
 ) -> PairSet:
     """Every pair the store's feedback gives, split into train and the held-out slice (a percentage or HeldOut)."""
     if isinstance(heldout, int):
@@ -178,7 +191,11 @@ def build_pairs(
     result = PairSet(need_samples=need)
     found = [*comparison_pairs(ranked), *from_thumbs, *external_pairs(external), *correction_pairs(corrections)]
     for pair in sorted(found, key=lambda p: p.seq):
-        (result.heldout if pair.prompt_key in heldout else result.train).append(pair)
+        if pair.source == AI_SOURCE:
+            if pair.prompt_key not in heldout:
+                result.train.extend([pair] * weighted_copies(pair, ai_weight))
+        else:
+            (result.heldout if pair.prompt_key in heldout else result.train).append(pair)
     return result
 
 

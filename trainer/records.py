@@ -11,7 +11,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-FEEDBACK_KINDS = ("thumbs", "comparison", "external_pair", "correction")
+FEEDBACK_KINDS = ("thumbs", "comparison", "external_pair", "correction")  # people's: an "ai_pair" is not
+AI_SOURCE = "ai"  # ExternalPair.source of an AI judge's verdict (trainer/judge.py), stored as kind "ai_pair"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -74,6 +75,11 @@ CREATE TABLE IF NOT EXISTS external_pairs (
     chosen TEXT NOT NULL,
     rejected TEXT NOT NULL,
     source TEXT
+);
+CREATE TABLE IF NOT EXISTS judgements (
+    digest TEXT PRIMARY KEY,
+    verdict TEXT NOT NULL,
+    judged_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS samples (
     prompt_key TEXT NOT NULL,
@@ -169,6 +175,7 @@ class ExternalPairRow:
     chosen: str
     rejected: str
     seq: int
+    source: str = ""
 
 
 @dataclass(frozen=True)

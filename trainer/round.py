@@ -30,11 +30,12 @@ from trainer.evaluate import (
     reward_gain,
     sample_answers,
 )  # fmt: skip
+from trainer.judge import judge_round
 from trainer.kto import kto_examples, run_kto
 from trainer.metrics import TrainerMetrics
 from trainer.pairs import HeldOut, Messages, PairSet, build_pairs, continuation_pairs, is_rewrite
 from trainer.ppo import PolicyLora, PolicyTraining, encode_prompts, load_policy, run_ppo
-from trainer.records import CorrectedResponse
+from trainer.records import AI_SOURCE, CorrectedResponse
 from trainer.reward import RewardModel, load_tokenizer, prompt_ids
 from trainer.reward_update import update_reward_model
 from trainer.sft import run_sft
@@ -92,7 +93,8 @@ def available_pairs(ctx: RoundContext, parent_version: str) -> PairSet:
     anchors = store.unrated_choices({r.prompt_key for r in rated})
     for key, text in store.samples(parent_version).items():
         anchors.setdefault(key, []).append(text)
-    return build_pairs(rated, ranked, external, anchors, heldout_slice(store, ctx.settings), store.corrections())
+    return build_pairs(rated, ranked, external, anchors, heldout_slice(store, ctx.settings), store.corrections(),
+                       ctx.settings.judge.weight)  # fmt: skip
 
 
 def heldout_slice(store: DatasetStore, settings: TrainerSettings) -> HeldOut:
@@ -151,12 +153,24 @@ def run_round(ctx: RoundContext, reward_only: bool = False) -> RoundResult:
     try:
         parent_version, parent_adapter = current_policy(ctx)
 
+        # judge (when an AI judge is set): its verdicts on served answers come back through Kafka as pairs
+        if settings.judge.url and settings.judge.pairs_per_round:
+            with phases.phase("judge"):
+                judged = judge_round(store, settings.judge, settings.admin_key.get_secret_value(),
+                                     heldout_slice(store, settings), catch_up=ctx.catch_up)  # fmt: skip
+            summary.update(judged.summary())
+            for outcome, count in (("pair", judged.pairs), ("tie", judged.ties), ("unparsed", judged.unparsed)):
+                m.judge_verdicts.labels(outcome).inc(count)
+
         # collect: every pair the stored feedback gives (lone thumbs against the parent's samples)
         with phases.phase("collect"):
             pairs = collect_pairs(ctx, parent_version, parent_adapter)
         m.pairs.labels("train").set(len(pairs.train))
         m.pairs.labels("heldout").set(len(pairs.heldout))
-        summary.update(pairs_train=len(pairs.train), pairs_heldout=len(pairs.heldout))
+        ai_pairs = sum(pair.source == AI_SOURCE for pair in pairs.train)
+        m.train_pairs.labels("human").set(len(pairs.train) - ai_pairs)
+        m.train_pairs.labels("ai").set(ai_pairs)
+        summary.update(pairs_train=len(pairs.train), pairs_heldout=len(pairs.heldout), pairs_ai=ai_pairs)
         if len(pairs.train) < settings.rounds.min_pairs:
             return finish("skipped", f"{len(pairs.train)} training pairs, fewer than {settings.rounds.min_pairs}")
 

@@ -48,6 +48,7 @@ class TrainerStatus:
     canary_version: str = ""
     rollout_verdict: str = ""
     policy_candidate: str = ""  # a refused round's policy the next round's PPO continues from
+    ai_verdicts: int = 0  # pairs an AI judge gave (trainer/judge.py): never counted as people's feedback
 
 
 class PolicyAnnouncer:
@@ -210,6 +211,7 @@ class TrainerService:
             stable_version=self.controller.state.stable,
             canary_version=self.controller.state.canary,
             rollout_verdict=self.controller.last_verdict.reason if self.controller.last_verdict else "",
+            ai_verdicts=counts.get("ai_pair", 0),
         )
 
     # -- the two loops

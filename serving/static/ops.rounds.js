@@ -91,7 +91,9 @@ export function renderRounds() {
         r.finished_at ? duration(r.finished_at - r.started_at) : "running",
         r.outcome,
         r.version || "–",
-        m.pairs_train === undefined ? "–" : `${m.pairs_train} + ${m.pairs_heldout ?? 0} held out`,
+        m.pairs_train === undefined
+          ? "–"
+          : `${m.pairs_train} + ${m.pairs_heldout ?? 0} held out${m.pairs_ai ? ` (${m.pairs_ai} from the AI judge)` : ""}`,
         number(m.reward_accuracy),
         m.eval_new_mean_reward === undefined
           ? "–"

@@ -13,7 +13,8 @@ from bench.traffic import feedback_counts
 def test_an_accepted_event_missing_from_the_store_is_lost_and_a_key_stored_twice_is_a_duplicate():
     rows = [("k1", "e1"), ("k2", "e2"), ("k2", "e9"), ("k4", "e4")]  # e3 never arrived; k2 twice; e4 unanswered
     counts = feedback_counts(Counter(sent=4, accepted=3), {"e1", "e2", "e3"}, rows)
-    assert counts == {"sent": 4, "accepted": 3, "stored": 2, "duplicates": 1, "stored_unanswered": 2, "lost": 1}
+    assert counts == {"sent": 4, "accepted": 3, "stored": 2, "duplicates": 1, "stored_unanswered": 2, "lost": 1,
+                      "lost_ids": ["e3"]}
 
 
 def test_latency_is_split_into_windows_with_the_trainers_share_in_a_round():
