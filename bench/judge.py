@@ -85,7 +85,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for name in ("httpx", "httpx2"):  # openai's HTTP client logs every request
+        logging.getLogger(name).setLevel(logging.WARNING)
     if not args.data.is_file():
         parser.error(f"{args.data} is not a file")
     pairs = hh_candidates(args.data, args.pairs)

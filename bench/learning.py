@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 log = logging.getLogger("bench.learning")
 PROBE_S = 5.0
-PHASES = ("collect", "reward_model", "sft", "ppo", "dpo", "kto", "evaluate", "publish")  # sft when corrections came
+PHASES = ("judge", "raters", "collect", "reward_model", "sft", "ppo", "dpo", "kto", "evaluate", "publish")  # sft: corrections
 
 
 def free_port() -> int:
@@ -206,6 +206,8 @@ def round_rows(history: dict, started: float) -> list[dict]:
             "started_min": (record["started_at"] - started) / 60 if record.get("started_at") else None,
             "seconds": {phase: m.get(f"seconds_{phase}") for phase in (*PHASES, "round")},
             "pairs_train": m.get("pairs_train"),
+            "pairs_ai": m.get("pairs_ai"),
+            "raters_excluded": m.get("raters_excluded"),
             "reward_accuracy": m.get("reward_accuracy"),
             "reward_heldout_pairs": m.get("reward_heldout_pairs"),
             "reward_model_kept": bool(m.get("reward_model_kept")),
@@ -293,7 +295,8 @@ def run_one(preference: str, args: argparse.Namespace, out_dir: Path) -> dict:
         sim_args = [sys.executable, "-m", "flywheel.cli", "simulate", "--preference", preference,
                     "--duration", args.duration, "--serving-url", stack.url("serving"),
                     "--feedback-url", stack.url("feedback"), "--out", str(run_dir / "simulator"),
-                    "--seed", str(args.seed), "--correction-share", str(args.correction_share)]  # fmt: skip
+                    "--seed", str(args.seed), "--correction-share", str(args.correction_share),
+                    "--contrarian-share", str(args.contrarian_share)]  # fmt: skip
         started = time.time()
         with open(run_dir / "simulate.log", "w", encoding="utf-8") as sim_log:
             simulate = subprocess.Popen(sim_args, cwd=ROOT, stdout=sim_log, stderr=subprocess.STDOUT)
@@ -339,6 +342,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--correction-share", type=float, default=0.0,
                         help="share of thumbs-down turns whose users also send a rewrite (simulate's)")  # fmt: skip
+    parser.add_argument("--contrarian-share", type=float, default=0.0,
+                        help="share of users who answer against the preference (simulate's)")  # fmt: skip
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results" / "learning")
     parser.add_argument("--set", action="append", metavar="NAME=VALUE",
                         help="a setting for the stack, e.g. algorithm=dpo or dpo.beta=0.2 (repeatable)")

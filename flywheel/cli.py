@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--compare-share", type=float, default=0.25, help="share of turns that compare two answers")
     sim.add_argument("--correction-share", type=float, default=0.0,
                      help="share of thumbs-down turns that also send the user's rewrite (/v1/corrections)")  # fmt: skip
+    sim.add_argument("--contrarian-share", type=float, default=0.0,
+                     help="share of users who answer against the preference (unreliable raters)")  # fmt: skip
     sim.add_argument("--prompts", type=Path, help="prompts file, one per line (default: the built-in list)")
     sim.add_argument("--serving-url", default="http://127.0.0.1:8000")
     sim.add_argument("--feedback-url", default="http://127.0.0.1:8001")

@@ -281,7 +281,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         serving_url=args.serving_url, feedback_url=args.feedback_url, users=args.users or len(args.api_key) or 16,
         turns=args.turns, duration_s=parse_duration(args.duration) if args.duration else None,
         concurrency=args.concurrency, noise=args.noise, compare_share=args.compare_share, seed=args.seed,
-        correction_share=args.correction_share,
+        correction_share=args.correction_share, contrarian_share=args.contrarian_share,
         api_keys=tuple(args.api_key), max_tokens=args.max_tokens,
     )  # fmt: skip
     return simulate(config, args.preference, args.out, args.prompts, args.window)

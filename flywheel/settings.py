@@ -20,6 +20,7 @@ from flywheel.training_settings import (
     JudgeSection,
     KTOSection,
     PPOSection,
+    RatersSection,
     RewardSection,
     RolloutSection,
     RoundTriggerSection,
@@ -297,6 +298,7 @@ class TrainerSettings(CommonSettings):
     kto: KTOSection = KTOSection()
     sft: SFTSection = SFTSection()
     judge: JudgeSection = JudgeSection()
+    raters: RatersSection = RatersSection()
     gates: GateSection = GateSection()
     rollout: RolloutSection = RolloutSection()
     cors_origins: str = Field(

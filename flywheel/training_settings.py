@@ -6,6 +6,8 @@ them and reads them as FLYWHEEL_<SECTION>__<FIELD>.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field, SecretStr
 
 
@@ -141,6 +143,23 @@ class JudgeSection(BaseModel):
     )
     timeout_s: float = Field(60.0, gt=0, description="Longest wait for one verdict.")
     wait_s: float = Field(30.0, ge=0, description="Longest wait for the verdicts to come back through Kafka.")
+
+
+class RatersSection(BaseModel):
+    """Rater reliability (trainer/raters.py): each user's agreement with the reward model in use."""
+
+    mode: Literal["drop", "off"] = Field(
+        "drop", description="drop: leave out the feedback of users who disagree with the rest beyond chance; off: keep all."
+    )
+    min_agreement: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="A user is left out when even the top of their agreement's interval is below this (0.5: chance).",
+    )  # fmt: skip
+    z: float = Field(
+        3.0, ge=0.0, description="Width of that interval in standard errors (Wilson score; 3: few honest users by chance)."
+    )
+    min_judgements: int = Field(8, ge=1, description="Judgements (pairs) a user needs before they can be left out.")
+    max_judgements: int = Field(32, ge=1, description="A user's most recent judgements that are scored.")
 
 
 class GateSection(BaseModel):

@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError
 from flywheel.settings import TOPIC_COMPLETIONS, TOPIC_FEEDBACK
 from flywheel.v1 import events_pb2
 from trainer.ledger import RoundLedger
+from trainer.pairs import TIE
 from trainer.records import (
     AI_SOURCE,
     FEEDBACK_KINDS,
@@ -32,6 +33,7 @@ from trainer.records import (
     CorrectedResponse,
     ExternalPairRow,
     IngestResult,
+    Judgement,
     RankedCompletion,
     RatedResponse,
     messages_from_json,
@@ -41,6 +43,8 @@ from trainer.records import (
 from trainer.signals import RolloutSignals
 
 log = logging.getLogger(__name__)
+
+_EXCLUDED = "(SELECT user_id FROM raters WHERE excluded = 1)"  # raters left out (trainer/raters.py)
 
 
 class DatasetStore(RoundLedger, RolloutSignals):
@@ -201,7 +205,7 @@ class DatasetStore(RoundLedger, RolloutSignals):
         rows = self._query(
             "SELECT c.prompt_key, c.messages, c.choices, r.completion_id, r.choice_index,"
             " SUM(r.rating), MAX(r.seq) FROM ratings r JOIN completions c USING (completion_id)"
-            " GROUP BY r.completion_id, r.choice_index ORDER BY MAX(r.seq)"
+            f" WHERE r.user_id NOT IN {_EXCLUDED} GROUP BY r.completion_id, r.choice_index ORDER BY MAX(r.seq)"
         )
         rated = []
         for key, messages, choices, completion_id, index, net, seq in rows:
@@ -214,7 +218,8 @@ class DatasetStore(RoundLedger, RolloutSignals):
     def ranked_completions(self) -> list[RankedCompletion]:
         rows = self._query(
             "SELECT c.prompt_key, c.messages, c.choices, k.ranking, k.strength, k.seq"
-            " FROM comparisons k JOIN completions c USING (completion_id) ORDER BY k.seq"
+            f" FROM comparisons k JOIN completions c USING (completion_id) WHERE k.user_id NOT IN {_EXCLUDED}"
+            " ORDER BY k.seq"
         )
         return [
             RankedCompletion(key, messages_from_json(messages), tuple(json.loads(choices)), tuple(json.loads(ranking)),
@@ -226,7 +231,8 @@ class DatasetStore(RoundLedger, RolloutSignals):
         """Every rewrite whose completion has arrived, with the original answer, in seq order."""
         rows = self._query(
             "SELECT c.prompt_key, c.messages, c.choices, r.choice_index, r.text, r.seq"
-            " FROM corrections r JOIN completions c USING (completion_id) ORDER BY r.seq"
+            f" FROM corrections r JOIN completions c USING (completion_id) WHERE r.user_id NOT IN {_EXCLUDED}"
+            " ORDER BY r.seq"
         )
         found = []
         for key, messages, choices, index, text, seq in rows:
@@ -252,6 +258,51 @@ class DatasetStore(RoundLedger, RolloutSignals):
             texts = found.setdefault(key, (messages_from_json(messages), []))[1]
             texts.extend(text for text in json.loads(choices) if text.strip() and text not in texts)
         return [(key, messages, texts) for key, (messages, texts) in found.items()]
+
+    def rater_judgements(self, per_user: int) -> dict[str, list[Judgement]]:
+        """Each user's most recent `per_user` judgements, better answer first, from every user (left out or not).
+
+        A comparison's ranking gives its first two places (a tie gives nothing); a user's thumbs give
+        each up answer against one of their down answers, taken in turn (answers to different prompts:
+        what the user liked against what they did not).
+        """
+        found: dict[str, list[Judgement]] = {}
+        rows = self._query(
+            "SELECT k.user_id, c.messages, c.choices, k.ranking, k.strength, k.seq FROM comparisons k"
+            " JOIN completions c USING (completion_id) ORDER BY k.seq DESC"
+        )
+        for user, messages, choices, ranking, strength, seq in rows:
+            texts, order = json.loads(choices), json.loads(ranking)
+            if strength != TIE and len(order) >= 2 and max(order[:2]) < len(texts) and len(found.get(user, ())) < per_user:
+                turns = messages_from_json(messages)
+                found.setdefault(user, []).append(Judgement(turns, texts[order[0]], turns, texts[order[1]], seq))
+        rated: dict[str, tuple[list, list]] = {}
+        rows = self._query(
+            "SELECT r.user_id, c.messages, c.choices, r.choice_index, r.rating, r.seq FROM ratings r"
+            " JOIN completions c USING (completion_id) ORDER BY r.seq DESC"
+        )
+        for user, messages, choices, index, rating, seq in rows:
+            texts = json.loads(choices)
+            if 0 <= index < len(texts):
+                rated.setdefault(user, ([], []))[0 if rating > 0 else 1].append((messages_from_json(messages),
+                                                                                texts[index], seq))  # fmt: skip
+        for user, (ups, downs) in rated.items():
+            for i in range(min(max(len(ups), len(downs)), per_user) if ups and downs else 0):
+                (good_turns, good, seq_a), (bad_turns, bad, seq_b) = ups[i % len(ups)], downs[i % len(downs)]
+                found.setdefault(user, []).append(Judgement(good_turns, good, bad_turns, bad, max(seq_a, seq_b)))
+        return {user: sorted(items, key=lambda j: -j.seq)[:per_user] for user, items in found.items()}
+
+    def save_raters(self, rows: list[tuple[str, int, float, bool]]) -> None:
+        """(user, judgements, agreement, excluded) of every user assessed; an excluded user's feedback is not read."""
+        now = time.time()
+        with self._transaction() as db:
+            db.execute("DELETE FROM raters")
+            db.executemany("INSERT INTO raters VALUES (?, ?, ?, ?, ?)",
+                           [(user, n, agreement, int(excluded), now) for user, n, agreement, excluded in rows])  # fmt: skip
+
+    def raters(self) -> list[tuple[str, int, float, bool]]:
+        rows = self._query("SELECT user_id, judgements, agreement, excluded FROM raters ORDER BY agreement")
+        return [(user, n, agreement, bool(excluded)) for user, n, agreement, excluded in rows]
 
     def judged_digests(self) -> set[str]:
         return {digest for (digest,) in self._query("SELECT digest FROM judgements")}

@@ -37,6 +37,10 @@ class TrainerMetrics:
             "flywheel_trainer_train_pairs", "Training pairs of the last round by origin (human or ai, as weighted).",
             ["origin"], registry=r,
         )  # fmt: skip
+        self.raters = Gauge(
+            "flywheel_trainer_raters", "Users assessed by the last round: kept, or excluded (disagree beyond chance).",
+            ["state"], registry=r,
+        )  # fmt: skip
         self.judge_verdicts = Counter(
             "flywheel_trainer_judge_verdicts", "AI judge comparisons by outcome (pair, tie, unparsed).", ["outcome"],
             registry=r,

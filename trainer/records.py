@@ -81,6 +81,13 @@ CREATE TABLE IF NOT EXISTS judgements (
     verdict TEXT NOT NULL,
     judged_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS raters (
+    user_id TEXT PRIMARY KEY,
+    judgements INTEGER NOT NULL,
+    agreement REAL NOT NULL,
+    excluded INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS samples (
     prompt_key TEXT NOT NULL,
     policy_version TEXT NOT NULL,
@@ -165,6 +172,17 @@ class CorrectedResponse:
     messages: tuple[tuple[str, str], ...]
     original: str
     text: str
+    seq: int
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One user's preference of one answer over another (trainer/raters.py scores it)."""
+
+    better_messages: tuple[tuple[str, str], ...]
+    better: str
+    worse_messages: tuple[tuple[str, str], ...]
+    worse: str
     seq: int
 
 

@@ -32,17 +32,18 @@ def fresh_epochs(config: RewardSection, pairs: int) -> float:
     return max(config.epochs, config.min_steps * config.batch_size / max(pairs, 1))
 
 
-def update_reward_model(ctx: RoundContext, pairs: PairSet, round_id: int) -> RewardUpdate:
+def update_reward_model(ctx: RoundContext, pairs: PairSet, round_id: int, fresh: bool = False) -> RewardUpdate:
     """Train the round's reward model and gate it; the predecessor stays in use when it is refused.
 
     The current model continues on the pairs new since it was trained, with as many older ones
     replayed (`reward.continue_training`), so a round's cost follows the new feedback, not all of it;
-    the first model, or one after `continue_training` was turned off, is trained fresh on every pair.
+    the first model, one after `continue_training` was turned off, or one asked `fresh` (raters were
+    left out: what they taught its predecessor must go), is trained fresh on every pair.
     """
     settings, config = ctx.settings, ctx.settings.reward
-    previous = _previous_reward_model(ctx)
+    previous = current_reward_model(ctx)
     since = int(previous[1].extra.get("trained_through_seq", -1)) if previous else -1
-    continuing = previous is not None and config.continue_training and since >= 0
+    continuing = previous is not None and config.continue_training and since >= 0 and not fresh
     if continuing:
         chosen = continuation_pairs(pairs.train, since, config.replay_ratio, config.max_pairs, settings.seed + round_id)
         if not chosen:
@@ -81,7 +82,7 @@ def update_reward_model(ctx: RoundContext, pairs: PairSet, round_id: int) -> Rew
     return RewardUpdate(training.reward_model, version, "", True, accuracy, summary)
 
 
-def _previous_reward_model(ctx: RoundContext) -> tuple[str, Manifest, RewardModel] | None:
+def current_reward_model(ctx: RoundContext) -> tuple[str, Manifest, RewardModel] | None:
     """The reward model in use (name, manifest, loaded), when there is one and it is intact."""
     name = ctx.dataset.get_state(REWARD_MODEL_KEY)
     if not name:

@@ -37,7 +37,8 @@ from trainer.pairs import HeldOut, Messages, PairSet, build_pairs, continuation_
 from trainer.ppo import PolicyLora, PolicyTraining, encode_prompts, load_policy, run_ppo
 from trainer.records import AI_SOURCE, CorrectedResponse
 from trainer.reward import RewardModel, load_tokenizer, prompt_ids
-from trainer.reward_update import update_reward_model
+from trainer.raters import assess, include_everyone
+from trainer.reward_update import current_reward_model, update_reward_model
 from trainer.sft import run_sft
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,18 @@ def run_round(ctx: RoundContext, reward_only: bool = False) -> RoundResult:
             for outcome, count in (("pair", judged.pairs), ("tie", judged.ties), ("unparsed", judged.unparsed)):
                 m.judge_verdicts.labels(outcome).inc(count)
 
+        # raters: whoever disagrees with the reward model in use beyond chance is left out of the pairs
+        fresh_reward = False
+        if settings.raters.mode == "off":
+            include_everyone(store)
+        elif (current := current_reward_model(ctx)) is not None:
+            with phases.phase("raters"):
+                raters = assess(store, current[2], settings.raters)
+            summary.update(raters.summary())
+            m.raters.labels("kept").set(len(raters.raters) - len(raters.excluded))
+            m.raters.labels("excluded").set(len(raters.excluded))
+            fresh_reward = bool(raters.newly_excluded)
+
         # collect: every pair the stored feedback gives (lone thumbs against the parent's samples)
         with phases.phase("collect"):
             pairs = collect_pairs(ctx, parent_version, parent_adapter)
@@ -177,7 +190,7 @@ def run_round(ctx: RoundContext, reward_only: bool = False) -> RoundResult:
         # reward model: Bradley-Terry; the current one continues on the new pairs (and replayed older ones).
         # A new model must beat the floor and its predecessor; a refused one leaves the predecessor in use.
         with phases.phase("reward_model"):
-            update = update_reward_model(ctx, pairs, round_id)
+            update = update_reward_model(ctx, pairs, round_id, fresh=fresh_reward)
         summary.update(update.summary)
         if update.trained:
             m.reward_loss.set(update.summary["reward_loss"])

@@ -49,6 +49,8 @@ class TrainerStatus:
     rollout_verdict: str = ""
     policy_candidate: str = ""  # a refused round's policy the next round's PPO continues from
     ai_verdicts: int = 0  # pairs an AI judge gave (trainer/judge.py): never counted as people's feedback
+    # The least agreeing users of the last assessment (trainer/raters.py), worst first.
+    raters: list[dict] = field(default_factory=list)
 
 
 class PolicyAnnouncer:
@@ -212,6 +214,8 @@ class TrainerService:
             canary_version=self.controller.state.canary,
             rollout_verdict=self.controller.last_verdict.reason if self.controller.last_verdict else "",
             ai_verdicts=counts.get("ai_pair", 0),
+            raters=[{"user": user, "judgements": n, "agreement": agreement, "excluded": excluded}
+                    for user, n, agreement, excluded in self.dataset.raters()[:20]],  # fmt: skip
         )
 
     # -- the two loops

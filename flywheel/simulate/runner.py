@@ -45,6 +45,7 @@ class SimulationConfig:
     noise: float = 0.1
     compare_share: float = 0.25
     correction_share: float = 0.0  # of thumbs-down turns, the share that also send the user's rewrite
+    contrarian_share: float = 0.0  # of users, the share who state the opposite of the preference (1 - noise)
     seed: int = 0
     api_keys: tuple[str, ...] = ()  # one per user when the services require keys
     max_tokens: int | None = None  # None: serving's default
@@ -60,12 +61,18 @@ class SimulationConfig:
             (0.0 <= self.compare_share <= 1.0, f"--compare-share must be in [0, 1], got {self.compare_share}"),
             (0.0 <= self.correction_share <= 1.0,
              f"--correction-share must be in [0, 1], got {self.correction_share}"),
+            (0.0 <= self.contrarian_share <= 1.0,
+             f"--contrarian-share must be in [0, 1], got {self.contrarian_share}"),
             (not self.api_keys or len(self.api_keys) >= self.users,
              f"{self.users} users but {len(self.api_keys)} API keys: give one --api-key per simulated user"),
         ]  # fmt: skip
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    def noise_of(self, user: int) -> float:
+        """How often `user` says the opposite of the preference: the first contrarian_share of users mostly do."""
+        return 1.0 - self.noise if user < round(self.contrarian_share * self.users) else self.noise
 
     @property
     def turn_limit(self) -> int | None:
@@ -244,7 +251,7 @@ class Simulation:
 
         idempotency_key = f"sim-{self.run_id}-{turn}"
         if compare:
-            verdict = judge_comparison((scores[0], scores[1]), rng, config.noise)
+            verdict = judge_comparison((scores[0], scores[1]), rng, config.noise_of(user))
             kind, outcome, flipped = "comparison", verdict.strength, verdict.flipped
             path, body = "/v1/comparisons", {
                 "completion_id": response.id, "feedback_tokens": tokens,
@@ -252,7 +259,7 @@ class Simulation:
                 "strength": verdict.strength, "idempotency_key": idempotency_key,
             }  # fmt: skip
         else:
-            thumbs = judge_thumbs(scores[0], rng, config.noise)
+            thumbs = judge_thumbs(scores[0], rng, config.noise_of(user))
             kind, outcome, flipped = "thumbs", thumbs.rating, thumbs.flipped
             path, body = "/v1/feedback", {
                 "completion_id": response.id, "choice_index": 0, "rating": thumbs.rating,

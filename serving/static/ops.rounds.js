@@ -93,7 +93,9 @@ export function renderRounds() {
         r.version || "–",
         m.pairs_train === undefined
           ? "–"
-          : `${m.pairs_train} + ${m.pairs_heldout ?? 0} held out${m.pairs_ai ? ` (${m.pairs_ai} from the AI judge)` : ""}`,
+          : `${m.pairs_train} + ${m.pairs_heldout ?? 0} held out` +
+            (m.pairs_ai ? `, ${m.pairs_ai} from the AI judge` : "") +
+            (m.raters_excluded ? `; ${m.raters_excluded} raters left out` : ""),
         number(m.reward_accuracy),
         m.eval_new_mean_reward === undefined
           ? "–"

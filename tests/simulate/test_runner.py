@@ -135,6 +135,17 @@ def test_users_who_dislike_an_answer_send_their_rewrite_at_the_correction_share(
     assert not any(path == "/v1/corrections" for path, _, _ in liked.feedback)
 
 
+def test_contrarian_users_state_the_opposite_of_the_preference():
+    fake = FakeStack()
+    simulate(fake, users=4, turns=40, contrarian_share=0.25)  # user 0 of 4; no noise for the others
+    by_user: dict[str, list[bool]] = {}
+    for path, body, auth in fake.feedback:
+        agreed = body["rating"] == "up" if path == "/v1/feedback" else body["preferred_choice_index"] == 0
+        by_user.setdefault(auth, []).append(agreed)
+    contrarian = f"Bearer {SimulationConfig(seed=7).user_key(0)}"
+    assert not any(by_user.pop(contrarian)) and all(all(v) for v in by_user.values()) and len(by_user) == 3
+
+
 def test_the_same_seed_sends_the_same_prompts_and_turn_kinds():
     def plan(seed):
         fake = FakeStack()

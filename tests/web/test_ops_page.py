@@ -128,7 +128,7 @@ def record_rounds(stack: OpsStack) -> None:
         store.finish_round(second, "published", "", "op-v1", {
             "reward_accuracy": 0.75, "reward_accuracy_previous": 0.412, "pairs_train": 80.0, "pairs_heldout": 8.0,
             "ppo_score_last": 0.31, "ppo_kl": 0.8, "eval_new_mean_reward": 0.42, "eval_parent_mean_reward": 0.18,
-            "eval_new_mean_kl": 1.7,
+            "eval_new_mean_kl": 1.7, "pairs_ai": 12.0, "raters_excluded": 2.0,
         })  # fmt: skip
     finally:
         store.close()
@@ -194,6 +194,7 @@ def test_an_operator_promotes_a_canary_and_rolls_back_the_next_from_the_page(pag
     rounds = page.locator("#rounds-table tbody tr")
     expect(rounds).to_have_count(2)
     expect(rounds.first).to_contain_text("published")
+    expect(rounds.first).to_contain_text("80 + 8 held out, 12 from the AI judge; 2 raters left out")
     expect(rounds.nth(1)).to_contain_text("below the floor 0.600")
     expect(page.locator("#chart-outcomes rect")).to_have_count(2)
     expect(page.locator('#chart-accuracy g[data-series="new reward model"] circle')).to_have_count(2)
