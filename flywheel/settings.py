@@ -151,6 +151,9 @@ class ServingSettings(CommonSettings):
 
     model: str = Field("", description="Model directory or id; empty: the converted default.")
     served_model_name: str = Field("flywheel", description="Model name shown in /v1/models.")
+    tool_call_parser: str = Field(
+        "", description="vLLM tool parser of the served model's family (e.g. hermes) for tool_choice auto; empty: none."
+    )
     host: str = Field("127.0.0.1", description="Address the chat API listens on.")
     port: int = Field(8000, description="Port of the chat API, the pages and /metrics.")
     max_model_len: int = Field(2048, description="Context window the engine reserves.")

@@ -19,6 +19,7 @@ from contextlib import ExitStack
 from dataclasses import replace
 
 from vllm import SamplingParams
+from vllm.entrypoints.generate.base.protocol import DeltaFunctionCall, DeltaToolCall
 from vllm.inputs import TokensPrompt
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import RequestOutputKind
@@ -45,6 +46,7 @@ from serving.protocol import (
 )
 from serving.sampling import check_limits, logit_bias, structured_outputs
 from serving.sampling import prompt_ids as request_prompt_ids
+from serving.tools import tool_output, wants_tools
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +129,8 @@ class ChatService:
             structured_outputs=constraint,
             logit_bias=bias,
             output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
+            # a tool parser reads the model's call markers, which some tokenizers mark special
+            skip_special_tokens=not (wants_tools(request) and request.tool_choice in (None, "auto")),
         )
         return Prepared(
             completion_id=f"chatcmpl-{uuid.uuid4().hex}",
@@ -246,8 +250,8 @@ class ChatService:
         choices = [
             Choice(
                 index=state.index,
-                message=AssistantMessage(content=state.text),
-                finish_reason=state.finish_reason,
+                message=self._message(prep, state),
+                finish_reason=self._finish_reason(prep, state),
                 logprobs=logprobs.get(state.index),
                 feedback_token=self._feedback_token(prep, state.index),
                 policy_version=prep.policy_of(state.index).version,
@@ -264,14 +268,49 @@ class ChatService:
             policy_version=prep.policy.version,
         )
 
+    def _message(self, prep: Prepared, state: ChoiceState) -> AssistantMessage:
+        if not wants_tools(prep.request):
+            return AssistantMessage(content=state.text)
+        out = tool_output(prep.request, state.text, self.tokenizer, self.settings.tool_call_parser)
+        return AssistantMessage(content=out.content, tool_calls=out.tool_calls or None)
+
+    def _finish_reason(self, prep: Prepared, state: ChoiceState) -> str | None:
+        if wants_tools(prep.request) and state.finish_reason == "stop" and self._message(prep, state).tool_calls:
+            return "tool_calls"
+        return state.finish_reason
+
+    def _tool_delta(self, prep: Prepared, state: ChoiceState) -> DeltaMessage:
+        """A finished choice of a request with tools, whole: its content, or its calls (serving/tools.py)."""
+        message = self._message(prep, state)
+        calls = [
+            DeltaToolCall(index=i, id=call.id, type="function",
+                          function=DeltaFunctionCall(name=call.function.name, arguments=call.function.arguments))
+            for i, call in enumerate(message.tool_calls or [])
+        ]  # fmt: skip
+        return DeltaMessage(role="assistant", content=message.content, tool_calls=calls or None)
+
     async def stream(self, prep: Prepared) -> AsyncIterator[str]:
-        """Server-sent events: one chunk per delta, `data: [DONE]` last."""
+        """Server-sent events: one chunk per delta, `data: [DONE]` last.
+
+        With tools, a choice is sent whole when it ends: its text may be a call (serving/tools.py).
+        """
         include_usage = bool(prep.request.stream_options and prep.request.stream_options.include_usage)
         completed = False
+        whole = wants_tools(prep.request)
         try:
             async for output in self._generate(prep):
                 for piece in output.outputs:
                     state, logprobs = self._absorb(prep, piece)
+                    if whole:
+                        if state.finish_reason is not None:
+                            choice = StreamChoice(
+                                index=state.index, delta=self._tool_delta(prep, state),
+                                finish_reason=self._finish_reason(prep, state),
+                                feedback_token=self._feedback_token(prep, state.index),
+                                policy_version=prep.policy_of(state.index).version,
+                            )  # fmt: skip
+                            yield self._sse(self._chunk(prep, [choice]))
+                        continue
                     delta = DeltaMessage(content=piece.text)
                     token = None
                     if not state.started:

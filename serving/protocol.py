@@ -6,13 +6,17 @@ Limits that depend on configuration (n, max_tokens, context) are checked by Chat
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from vllm.entrypoints.generate.base.protocol import ResponseFormat  # vLLM's own model of the field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Role = Literal["system", "developer", "user", "assistant"]
+# vLLM's own models of these fields
+from vllm.entrypoints.generate.base.protocol import DeltaToolCall, ResponseFormat, ToolCall
+from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionToolsParam
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
 MAX_LOGIT_BIAS = 300  # OpenAI's own bound on the entries of logit_bias
@@ -21,9 +25,6 @@ MAX_LOGIT_BIAS = 300  # OpenAI's own bound on the entries of logit_bias
 # with a 400 naming it, never answered as if it had not asked (ChatService.refuse_unhonoured).
 # Fields OpenAI does not know stay ignored, as OpenAI's own API ignores them.
 UNHONOURED = {
-    "tools": "tool calls",
-    "tool_choice": "tool calls",
-    "parallel_tool_calls": "tool calls",
     "functions": "function calls (deprecated in favour of tools)",
     "function_call": "function calls (deprecated in favour of tools)",
     "audio": "audio output",
@@ -42,13 +43,45 @@ class TextPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Role
-    content: str | Annotated[list[TextPart], Field(min_length=1)]
+    content: str | Annotated[list[TextPart], Field(min_length=1)] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = Field(None, description="An assistant's calls (then content may be null).")
+    tool_call_id: str | None = Field(None, description="A tool message answers this call.")
+
+    @model_validator(mode="after")
+    def _content_or_calls(self) -> ChatMessage:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required (it may be null only in an assistant message with tool_calls)")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id it answers")
+        return self
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
+
+    def for_template(self) -> dict[str, Any]:
+        """The message as chat templates read it: a call's arguments as an object where they parse."""
+        message: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {"id": call.id, "type": "function",
+                 "function": {"name": call.function.name, "arguments": _arguments(call.function.arguments)}}
+                for call in self.tool_calls
+            ]  # fmt: skip
+        if self.tool_call_id:
+            message["tool_call_id"] = self.tool_call_id
+        return message
+
+
+def _arguments(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 class StreamOptions(BaseModel):
@@ -80,8 +113,13 @@ class ChatCompletionRequest(BaseModel):
         None, description="text, json_object or json_schema: the answer is constrained to it (vLLM structured outputs)."
     )
     modalities: list[Literal["text"]] | None = Field(None, description="Only text is served.")
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: Annotated[list[ChatCompletionToolsParam], Field(max_length=128)] | None = Field(
+        None, description="Functions the model may call (its chat template must support tools: serving/tools.py)."
+    )
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = Field(
+        None, description='"auto" (the default with tools) needs FLYWHEEL_TOOL_CALL_PARSER; "required" or a named '
+        "function constrains the answer to a call.",
+    )
     parallel_tool_calls: bool | None = None
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
@@ -163,7 +201,8 @@ class ChoiceLogprobs(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class Choice(BaseModel):
@@ -195,6 +234,7 @@ class ChatCompletionResponse(BaseModel):
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class StreamChoice(BaseModel):

@@ -15,12 +15,14 @@ from vllm.v1.structured_output.backend_xgrammar import validate_xgrammar_grammar
 from flywheel.errors import APIError
 from flywheel.settings import ServingSettings
 from serving.protocol import UNHONOURED, ChatCompletionRequest
+from serving.tools import call_constraint, check_tools
 
 
 def check_limits(request: ChatCompletionRequest, settings: ServingSettings, tokenizer) -> None:
     """A 400 for what the request asks that this server refuses or allows no more of."""
     s = settings
-    refuse_unhonoured(request, tokenizer)
+    refuse_unhonoured(request)
+    check_tools(request, tokenizer, s.tool_call_parser)
     if request.n > s.max_n:
         raise APIError(400, f"n must be at most {s.max_n}, got {request.n}", param="n", code="n_too_large")
     if request.n > 1 and request.temperature == 0 and not request.compare_versions:
@@ -47,43 +49,44 @@ def check_limits(request: ChatCompletionRequest, settings: ServingSettings, toke
             raise APIError(400, f"top_logprobs must be at most {s.max_top_logprobs}", param="top_logprobs")
 
 
-def refuse_unhonoured(request: ChatCompletionRequest, tokenizer) -> None:
+def refuse_unhonoured(request: ChatCompletionRequest) -> None:
     """A 400 naming the first field asked for that this server cannot honour (see UNHONOURED)."""
     for name in request.unhonoured():
-        why = f"this server does not offer {UNHONOURED[name]}"
-        if name in ("tools", "tool_choice", "parallel_tool_calls"):
-            template = getattr(tokenizer, "chat_template", None) or ""
-            why += (" yet" if "tools" in template else
-                    ": the served model's chat template has no tools")  # fmt: skip
-        raise APIError(400, f"{name} cannot be honoured: {why}", param=name, code="unsupported_parameter")
+        raise APIError(400, f"{name} cannot be honoured: this server does not offer {UNHONOURED[name]}", param=name,
+                       code="unsupported_parameter")  # fmt: skip
 
 
 def prompt_ids(request: ChatCompletionRequest, tokenizer) -> list[int]:
-    messages = [{"role": m.role, "content": m.text()} for m in request.messages]
-    if all(not m["content"].strip() for m in messages):
+    messages = [m.for_template() for m in request.messages]
+    if all(not m["content"].strip() and "tool_calls" not in m for m in messages):
         raise APIError(400, "messages must contain some non-empty content", param="messages", code="empty_messages")
     if request.messages[-1].role == "assistant":
         raise APIError(
             400, "the last message must not be from the assistant", param="messages", code="invalid_value"
         )
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    tools = [tool.model_dump(exclude_none=True) for tool in request.tools] if request.tools else None
+    text = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
 def structured_outputs(request: ChatCompletionRequest) -> StructuredOutputsParams | None:
-    """vLLM's structured-output constraint for `response_format`, checked now (a bad schema is a 400)."""
-    response_format = request.response_format
+    """vLLM's structured-output constraint for `response_format`, or for a "required" or named tool call
+    (serving/tools.py), checked now (a bad schema is a 400)."""
+    response_format, field = request.response_format, "response_format"
     if response_format is None or response_format.type == "text":
-        return None
-    if response_format.type == "json_schema" and (
+        constraint, field = call_constraint(request), "tools"
+        if constraint is None:
+            return None
+    elif response_format.type == "json_schema" and (
         response_format.json_schema is None or response_format.json_schema.json_schema is None
     ):
         raise APIError(400, "response_format of type json_schema needs json_schema.schema", param="response_format")
-    constraint = structured_outputs_from_response_format(None, response_format)
+    else:
+        constraint = structured_outputs_from_response_format(None, response_format)
     try:
         validate_xgrammar_grammar(SamplingParams(structured_outputs=constraint))
     except (VLLMValidationError, ValueError) as exc:
-        raise APIError(400, f"response_format: {exc}", param="response_format") from None
+        raise APIError(400, f"{field}: {exc}", param=field) from None
     return constraint
 
 

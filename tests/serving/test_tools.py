@@ -1,0 +1,131 @@
+"""Tool calls through the OpenAI SDK against real vLLM: a tiny model whose chat template has tools.
+
+The model is random, so only the constraint of "required" or a named function can make its answer
+a call; "auto" is read by vLLM's hermes parser, checked here on the text such a model writes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import openai
+import pytest
+
+from flywheel.settings import ServingSettings
+from serving.protocol import ChatCompletionRequest
+from serving.tools import tool_output
+from tests.conftest import TEST_API_KEY, serving_env, start_serving
+
+TEMPLATE = """\
+{%- if tools %}<|im_start|>system
+You can call these functions:
+{% for tool in tools %}{{ tool | tojson }}
+{% endfor %}Call one as <tool_call>{"name": ..., "arguments": ...}</tool_call>.<|im_end|>
+{% endif %}{%- for message in messages %}<|im_start|>{{ message.role }}
+{% if message.tool_calls %}{% for call in message.tool_calls %}<tool_call>{{ call.function | tojson }}</tool_call>\
+{% endfor %}{% else %}{{ message.content }}{% endif %}<|im_end|>
+{% endfor %}{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"""
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
+                                                    "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+                   "required": ["city", "days"], "additionalProperties": False},
+}}  # fmt: skip
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
+    "type": "object", "properties": {"zone": {"type": "string", "enum": ["UTC", "CET"]}}, "required": ["zone"],
+    "additionalProperties": False}}}  # fmt: skip
+MESSAGES = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+@pytest.fixture(scope="module")
+def tools_model(tiny_model, tmp_path_factory):
+    target = tmp_path_factory.mktemp("tools-model") / "tiny-tools"
+    shutil.copytree(tiny_model, target)
+    config_path = target / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["chat_template"] = TEMPLATE
+    config_path.write_text(json.dumps(config))
+    (target / "chat_template.jinja").unlink(missing_ok=True)
+    return target
+
+
+@pytest.fixture(scope="module")
+def client(tools_model, broker, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tools-serving")
+    server = start_serving(tools_model, tmp, serving_env(tmp, broker.bootstrap, FLYWHEEL_TOOL_CALL_PARSER="hermes",
+                                                         FLYWHEEL_MAX_TOKENS_LIMIT="128"))  # fmt: skip
+    try:
+        yield openai.OpenAI(base_url=f"{server.url}/v1", api_key=TEST_API_KEY, max_retries=0)
+    finally:
+        server.stop()
+
+
+pytestmark = pytest.mark.engine
+
+
+def test_a_named_function_is_called_with_arguments_that_fit_its_schema(client):
+    for seed in range(2):
+        completion = client.chat.completions.create(
+            model="flywheel", messages=MESSAGES, tools=[WEATHER, TIME], max_tokens=96, seed=seed,
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        )  # fmt: skip
+        choice = completion.choices[0]
+        assert choice.message.content is None and choice.finish_reason == "tool_calls", choice
+        (call,) = choice.message.tool_calls
+        arguments = json.loads(call.function.arguments)
+        assert call.function.name == "get_weather" and call.id and call.type == "function"
+        assert set(arguments) == {"city", "days"} and 1 <= arguments["days"] <= 7
+        assert choice.model_extra["feedback_token"], "a call is rated like any answer"
+
+
+def test_required_streams_the_calls_as_deltas_and_the_next_turn_takes_their_results(client):
+    stream = client.chat.completions.create(model="flywheel", messages=MESSAGES, tools=[WEATHER, TIME], seed=3,
+                                            tool_choice="required", parallel_tool_calls=False, max_tokens=96,
+                                            stream=True)  # fmt: skip
+    chunks = [chunk for chunk in stream if chunk.choices]
+    calls = [call for chunk in chunks for call in chunk.choices[0].delta.tool_calls or []]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls", chunks[-1]
+    assert len(calls) == 1 and calls[0].function.name in {"get_weather", "get_time"}
+    json.loads(calls[0].function.arguments)
+    follow_up = [*MESSAGES,
+                 {"role": "assistant", "content": None, "tool_calls": [
+                     {"id": calls[0].id, "type": "function",
+                      "function": {"name": calls[0].function.name, "arguments": calls[0].function.arguments}}]},
+                 {"role": "tool", "tool_call_id": calls[0].id, "content": "Sunny, 21 C."}]  # fmt: skip
+    answer = client.chat.completions.create(model="flywheel", messages=follow_up, tools=[WEATHER], max_tokens=8,
+                                            tool_choice="none")  # fmt: skip
+    assert answer.choices[0].message.tool_calls is None and answer.choices[0].message.content is not None
+
+
+def test_auto_is_read_by_the_model_familys_parser_and_refused_without_one(client, tools_model):
+    from transformers import AutoTokenizer
+
+    request = ChatCompletionRequest.model_validate({"messages": MESSAGES, "tools": [WEATHER]})
+    tokenizer = AutoTokenizer.from_pretrained(tools_model)
+    text = 'Let me look.<tool_call>{"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}</tool_call>'
+    out = tool_output(request, text, tokenizer, "hermes")
+    assert out.content == "Let me look." and out.finish_reason == "tool_calls"
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in out.tool_calls] == [
+        ("get_weather", {"city": "Paris", "days": 2})]
+    assert tool_output(request, "Just text.", tokenizer, "hermes").tool_calls == []
+
+    answer = client.chat.completions.create(model="flywheel", messages=MESSAGES, tools=[WEATHER], max_tokens=8)
+    assert answer.choices[0].message.tool_calls is None  # a random model writes no call; its text is the answer
+    assert ServingSettings().tool_call_parser == "", "auto needs a parser, set per model family"
+
+
+@pytest.mark.parametrize(("body", "param", "says"), [
+    ({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice", "not among the tools"),
+    ({"tool_choice": "sometimes"}, "tool_choice", "tool_choice"),
+    ({"response_format": {"type": "json_object"}, "tool_choice": "required"}, "response_format", "exclude"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "nope"}}}],
+      "tool_choice": "required"}, "tools", "tools"),
+])  # fmt: skip
+def test_a_tool_request_that_cannot_be_honoured_is_a_400_naming_the_field(client, body, param, says):
+    with pytest.raises(openai.BadRequestError) as excinfo:
+        client.chat.completions.create(model="flywheel", messages=MESSAGES, max_tokens=8,
+                                       **{"tools": [WEATHER], **body})  # fmt: skip
+    assert excinfo.value.body["param"].startswith(param) and says in excinfo.value.body["message"]
