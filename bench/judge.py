@@ -77,7 +77,7 @@ def judge_all(judge: Judge, pairs: list[Candidate]) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default="", help="the judge's OpenAI-compatible API (default: serve the default model)")
+    parser.add_argument("--url", default="", help="the judge's OpenAI-compatible API (default: the default model)")
     parser.add_argument("--model", default="", help="the judge's model name (default: the first it lists)")
     parser.add_argument("--data", type=Path, default=HH, help="HH-format pairs (JSONL with chosen and rejected)")
     parser.add_argument("--pairs", type=int, default=200)

@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from flywheel.events import MAX_PAIR_PROMPT_CHARS
+
 Id = Annotated[str, Field(min_length=1, max_length=200)]
 Token = Annotated[str, Field(min_length=1, max_length=2_000)]
 Index = Annotated[int, Field(ge=0, le=1_000)]
@@ -68,9 +70,6 @@ class FeedbackAccepted(BaseModel):
     duplicate: bool = Field(description="True when this was a retry of an event already accepted.")
 
 
-MAX_PROMPT_CHARS = 50_000  # of an imported pair's prompt, however it is given
-
-
 class PromptMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "user", "assistant"]
@@ -88,13 +87,13 @@ class PreferencePair(BaseModel):
     model_config = ConfigDict(extra="ignore")
     chosen: Annotated[str, Field(min_length=1, max_length=200_000)]
     rejected: Annotated[str, Field(min_length=1, max_length=200_000)]
-    prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)] | None = None
+    prompt: Annotated[str, Field(min_length=1, max_length=MAX_PAIR_PROMPT_CHARS)] | None = None
     messages: Annotated[list[PromptMessage], Field(min_length=1, max_length=64)] | None = None
 
     @model_validator(mode="after")
     def _bounded_messages(self) -> PreferencePair:
-        if self.messages is not None and sum(len(m.content) for m in self.messages) > MAX_PROMPT_CHARS:
-            raise ValueError(f"messages hold more than {MAX_PROMPT_CHARS} characters in all")
+        if self.messages is not None and sum(len(m.content) for m in self.messages) > MAX_PAIR_PROMPT_CHARS:
+            raise ValueError(f"messages hold more than {MAX_PAIR_PROMPT_CHARS} characters in all")
         return self
 
 

@@ -8,6 +8,8 @@ import uuid
 from google.protobuf.timestamp_pb2 import Timestamp
 
 SCHEMA_VERSION = 1
+# The longest prompt an imported pair carries (feedback's import route; the AI judge keeps to it too).
+MAX_PAIR_PROMPT_CHARS = 50_000
 
 
 def new_event_id() -> str:

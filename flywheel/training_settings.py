@@ -130,7 +130,7 @@ class SFTSection(BaseModel):
 class JudgeSection(BaseModel):
     """AI feedback (trainer/judge.py): a judge model compares pairs of served answers against a constitution."""
 
-    url: str = Field("", description="Base URL of the judge's OpenAI-compatible API, e.g. http://host:8000/v1 (empty: off).")
+    url: str = Field("", description="Base URL of the judge's OpenAI-compatible API: http://host:8000/v1 (empty: off).")
     model: str = Field("", description="The judge's model name (empty: the first one its /models lists).")
     api_key: SecretStr = Field(SecretStr(""), description="Bearer key of the judge's API, when it needs one.")
     constitution: str = Field("", description="A text file of the principles to judge by (empty: the built-in ones).")
@@ -149,14 +149,17 @@ class RatersSection(BaseModel):
     """Rater reliability (trainer/raters.py): each user's agreement with the reward model in use."""
 
     mode: Literal["drop", "off"] = Field(
-        "drop", description="drop: leave out the feedback of users who disagree with the rest beyond chance; off: keep all."
+        "drop",
+        description="drop: leave out the feedback of users who disagree with the rest beyond chance; off: keep all.",
     )
     min_agreement: float = Field(
         0.5, ge=0.0, le=1.0,
         description="A user is left out when even the top of their agreement's interval is below this (0.5: chance).",
     )  # fmt: skip
     z: float = Field(
-        3.0, ge=0.0, description="Width of that interval in standard errors (Wilson score; 3: few honest users by chance)."
+        3.0,
+        ge=0.0,
+        description="Width of that interval in standard errors (Wilson score; 3: few honest users by chance).",
     )
     min_judgements: int = Field(8, ge=1, description="Judgements (pairs) a user needs before they can be left out.")
     max_judgements: int = Field(32, ge=1, description="A user's most recent judgements that are scored.")

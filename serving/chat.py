@@ -14,10 +14,11 @@ import math
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import ExitStack
+from collections.abc import AsyncIterator, Callable
+from contextlib import ExitStack, aclosing
 from dataclasses import replace
 
+from pydantic import BaseModel
 from vllm import SamplingParams
 from vllm.entrypoints.generate.base.protocol import DeltaFunctionCall, DeltaToolCall
 from vllm.inputs import TokensPrompt
@@ -289,11 +290,19 @@ class ChatService:
         ]  # fmt: skip
         return DeltaMessage(role="assistant", content=message.content, tool_calls=calls or None)
 
-    async def stream(self, prep: Prepared) -> AsyncIterator[str]:
-        """Server-sent events: one chunk per delta, `data: [DONE]` last.
+    async def stream(self, prep: Prepared, shape: Callable[[ChatCompletionChunk], BaseModel] | None = None
+                     ) -> AsyncIterator[str]:  # fmt: skip
+        """Server-sent events: one chunk per delta (as `shape` makes it: /v1/completions), `data: [DONE]` last.
 
         With tools, a choice is sent whole when it ends: its text may be a call (serving/tools.py).
         """
+        async with aclosing(self.chunks(prep)) as chunks:  # a client that leaves aborts the engine request now
+            async for chunk in chunks:
+                yield self._sse(shape(chunk) if shape else chunk)
+        yield "data: [DONE]\n\n"
+
+    async def chunks(self, prep: Prepared) -> AsyncIterator[ChatCompletionChunk]:
+        """The chunks of a streamed response; closing early (the client left) aborts and records it."""
         include_usage = bool(prep.request.stream_options and prep.request.stream_options.include_usage)
         completed = False
         whole = wants_tools(prep.request)
@@ -309,7 +318,7 @@ class ChatService:
                                 feedback_token=self._feedback_token(prep, state.index),
                                 policy_version=prep.policy_of(state.index).version,
                             )  # fmt: skip
-                            yield self._sse(self._chunk(prep, [choice]))
+                            yield self._chunk(prep, [choice])
                         continue
                     delta = DeltaMessage(content=piece.text)
                     token = None
@@ -327,12 +336,11 @@ class ChatService:
                         feedback_token=token,
                         policy_version=prep.policy_of(state.index).version if token else None,
                     )
-                    yield self._sse(self._chunk(prep, [choice]))
+                    yield self._chunk(prep, [choice])
             completed = True
             usage = self._finish(prep, outcome="completed")
             if include_usage:
-                yield self._sse(self._chunk(prep, [], usage))
-            yield "data: [DONE]\n\n"
+                yield self._chunk(prep, [], usage)
         finally:
             if not completed:
                 # The client went away (or the engine failed): the engine aborts the request
@@ -350,7 +358,7 @@ class ChatService:
         )
 
     @staticmethod
-    def _sse(chunk: ChatCompletionChunk) -> str:
+    def _sse(chunk: BaseModel) -> str:
         return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
 
     # -- bookkeeping once a response is over

@@ -103,7 +103,9 @@ def completion_event(prep: Prepared, usage: Usage) -> events_pb2.Completion:
         user_id=prep.user_id,
         policy_version=prep.policy.version,
         model=prep.model_name,
-        messages=[events_pb2.ChatMessage(role=m.role, content=m.text()) for m in request.messages],
+        messages=[events_pb2.ChatMessage(role=m.role, content=m.text()) for m in request.messages]
+        if request.prompt_text is None else [],
+        prompt_text=request.prompt_text or "",
         choices=[
             events_pb2.CompletionChoice(
                 index=s.index,

@@ -10,7 +10,7 @@ import json
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 # vLLM's own models of these fields
 from vllm.entrypoints.generate.base.protocol import DeltaToolCall, ResponseFormat, ToolCall
@@ -43,15 +43,21 @@ class TextPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Role
-    content: str | Annotated[list[TextPart], Field(min_length=1)] | None = None
-    name: str | None = None
+    # Before content: its check reads them.
     tool_calls: list[ToolCall] | None = Field(None, description="An assistant's calls (then content may be null).")
     tool_call_id: str | None = Field(None, description="A tool message answers this call.")
+    content: str | Annotated[list[TextPart], Field(min_length=1)] | None = Field(None, validate_default=True)
+    name: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _content_or_calls(cls, value, info: ValidationInfo):
+        if value is None and not (info.data.get("role") == "assistant" and info.data.get("tool_calls")):
+            raise ValueError("content is required (it may be null only in an assistant message with tool_calls)")
+        return value
 
     @model_validator(mode="after")
-    def _content_or_calls(self) -> ChatMessage:
-        if self.content is None and not (self.role == "assistant" and self.tool_calls):
-            raise ValueError("content is required (it may be null only in an assistant message with tool_calls)")
+    def _tool_answer_names_its_call(self) -> ChatMessage:
         if self.role == "tool" and not self.tool_call_id:
             raise ValueError("a tool message needs the tool_call_id it answers")
         return self
@@ -140,6 +146,8 @@ class ChatCompletionRequest(BaseModel):
     policy_version: Annotated[str, Field(min_length=1, max_length=128)] | None = Field(
         None, description="Flywheel: pin a policy version (evaluation)."
     )
+    _prompt_text: str | None = PrivateAttr(None)
+    _prompt_ids: list[int] | None = PrivateAttr(None)
     compare_versions: bool = Field(
         False,
         description="Flywheel: with n=2, answer once with the stable version and once with the canary (in random "
@@ -175,6 +183,18 @@ class ChatCompletionRequest(BaseModel):
         """The set fields (of UNHONOURED) this request asks for; `tool_choice: "none"` asks for nothing."""
         asked = [name for name in UNHONOURED if getattr(self, name) not in (None, [], {})]
         return [name for name in asked if not (name == "tool_choice" and self.tool_choice == "none")]
+
+    def set_text_prompt(self, text: str, ids: list[int]) -> None:
+        """A /v1/completions prompt (serving/completions.py): used as it is, no chat template."""
+        self._prompt_text, self._prompt_ids = text, ids
+
+    @property
+    def prompt_text(self) -> str | None:
+        return self._prompt_text
+
+    @property
+    def text_prompt_ids(self) -> list[int] | None:
+        return self._prompt_ids
 
     def stop_list(self) -> list[str]:
         if self.stop is None:

@@ -57,6 +57,8 @@ def refuse_unhonoured(request: ChatCompletionRequest) -> None:
 
 
 def prompt_ids(request: ChatCompletionRequest, tokenizer) -> list[int]:
+    if request.text_prompt_ids is not None:  # /v1/completions: the prompt as given
+        return request.text_prompt_ids
     messages = [m.for_template() for m in request.messages]
     if all(not m["content"].strip() and "tool_calls" not in m for m in messages):
         raise APIError(400, "messages must contain some non-empty content", param="messages", code="empty_messages")

@@ -29,6 +29,7 @@ from trainer.pairs import TIE
 from trainer.records import (
     AI_SOURCE,
     FEEDBACK_KINDS,
+    RAW_PROMPT_ROLE,
     SCHEMA,
     CorrectedResponse,
     ExternalPairRow,
@@ -137,6 +138,8 @@ class DatasetStore(RoundLedger, RolloutSignals):
             seq = self._insert_event(db, event, topic, "completion", payload, now, None)
             if seq:
                 messages = [(m.role, m.content) for m in event.messages]
+                if not messages and event.prompt_text:  # a /v1/completions prompt, as written
+                    messages = [(RAW_PROMPT_ROLE, event.prompt_text)]
                 choices = sorted(event.choices, key=lambda c: c.index)
                 db.execute(
                     "INSERT OR IGNORE INTO completions (completion_id, user_id, policy_version, prompt_key,"
@@ -249,10 +252,8 @@ class DatasetStore(RoundLedger, RolloutSignals):
         ]
 
     def answers_by_prompt(self, recent: int = 2_000) -> list[tuple[str, tuple[tuple[str, str], ...], list[str]]]:
-        """(prompt_key, messages, distinct answers served) per prompt of the `recent` newest completions, newest first."""
-        rows = self._query(
-            "SELECT prompt_key, messages, choices FROM completions ORDER BY seq DESC LIMIT ?", (recent,)
-        )
+        """(prompt_key, messages, distinct answers served) of the `recent` newest completions' prompts, newest first."""
+        rows = self._query("SELECT prompt_key, messages, choices FROM completions ORDER BY seq DESC LIMIT ?", (recent,))
         found: dict[str, tuple[tuple[tuple[str, str], ...], list[str]]] = {}
         for key, messages, choices in rows:
             texts = found.setdefault(key, (messages_from_json(messages), []))[1]
@@ -273,7 +274,8 @@ class DatasetStore(RoundLedger, RolloutSignals):
         )
         for user, messages, choices, ranking, strength, seq in rows:
             texts, order = json.loads(choices), json.loads(ranking)
-            if strength != TIE and len(order) >= 2 and max(order[:2]) < len(texts) and len(found.get(user, ())) < per_user:
+            usable = strength != TIE and len(order) >= 2 and max(order[:2]) < len(texts)
+            if usable and len(found.get(user, ())) < per_user:
                 turns = messages_from_json(messages)
                 found.setdefault(user, []).append(Judgement(turns, texts[order[0]], turns, texts[order[1]], seq))
         rated: dict[str, tuple[list, list]] = {}
@@ -297,8 +299,8 @@ class DatasetStore(RoundLedger, RolloutSignals):
         now = time.time()
         with self._transaction() as db:
             db.execute("DELETE FROM raters")
-            db.executemany("INSERT INTO raters VALUES (?, ?, ?, ?, ?)",
-                           [(user, n, agreement, int(excluded), now) for user, n, agreement, excluded in rows])  # fmt: skip
+            rows = [(user, n, agreement, int(excluded), now) for user, n, agreement, excluded in rows]
+            db.executemany("INSERT INTO raters VALUES (?, ?, ?, ?, ?)", rows)
 
     def raters(self) -> list[tuple[str, int, float, bool]]:
         rows = self._query("SELECT user_id, judgements, agreement, excluded FROM raters ORDER BY agreement")

@@ -28,17 +28,11 @@ from flywheel.settings import DPOSection, KTOSection, SFTSection
 from trainer.hardware import trainer_args
 from trainer.pairs import Pair
 from trainer.ppo import PolicyLora, PolicyTraining, load_policy
-from trainer.reward import Progress, load_tokenizer, quiet
+from trainer.reward import Progress, load_tokenizer, prompt_text, quiet
 
 log = logging.getLogger(__name__)
 
 REF_ADAPTER = "ref"  # the name TRL gives the frozen copy of a pretrained adapter
-
-
-def chat_prompt(tokenizer, messages) -> str:
-    """The chat template up to the assistant's turn header: the prompt as serving and the reward model read it."""
-    chat = [{"role": role, "content": content} for role, content in messages]
-    return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
 
 
 def dpo_rows(tokenizer, pairs: Sequence[Pair]) -> list[dict[str, str]]:
@@ -48,7 +42,7 @@ def dpo_rows(tokenizer, pairs: Sequence[Pair]) -> list[dict[str, str]]:
     would add the template's newline after it, a token the policy never emits).
     """
     return [
-        {"prompt": chat_prompt(tokenizer, pair.messages), "chosen": pair.chosen + tokenizer.eos_token,
+        {"prompt": prompt_text(tokenizer, pair.messages), "chosen": pair.chosen + tokenizer.eos_token,
          "rejected": pair.rejected + tokenizer.eos_token}
         for pair in pairs
     ]  # fmt: skip

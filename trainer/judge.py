@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 import openai
 
-from feedback.protocol import MAX_PROMPT_CHARS
+from flywheel.events import MAX_PAIR_PROMPT_CHARS
 from flywheel.training_settings import JudgeSection
 from trainer.dataset import DatasetStore
 from trainer.pairs import HeldOut, Messages
@@ -151,8 +151,10 @@ class Judge:
         try:
             reply = self.client.chat.completions.create(
                 model=self.model,
-                messages=[{"role": "system", "content": SYSTEM.format(constitution=self.constitution)},
-                          {"role": "user", "content": content}],  # fmt: skip
+                messages=[
+                    {"role": "system", "content": SYSTEM.format(constitution=self.constitution)},
+                    {"role": "user", "content": content},
+                ],
                 temperature=0.0,
                 max_tokens=8,
                 store=False,  # Flywheel's own serving as the judge: its questions are not training data
@@ -190,7 +192,7 @@ def candidates(store: DatasetStore, heldout: HeldOut, limit: int) -> list[Candid
     judged = store.judged_digests()
     by_prompt = [
         (key, messages, texts) for key, messages, texts in store.answers_by_prompt()
-        if key not in heldout and sum(len(content) for _, content in messages) <= MAX_PROMPT_CHARS
+        if key not in heldout and sum(len(content) for _, content in messages) <= MAX_PAIR_PROMPT_CHARS
     ]  # fmt: skip
     queues: list[list[Candidate]] = []
     for key, messages, texts in by_prompt:

@@ -22,10 +22,11 @@ from functools import partial
 from pathlib import Path
 
 from flywheel.settings import KTOSection
-from trainer.dpo import chat_prompt, fit_offline
+from trainer.dpo import fit_offline
 from trainer.pairs import Messages, Pair
 from trainer.ppo import PolicyLora, PolicyTraining
 from trainer.records import RatedResponse
+from trainer.reward import prompt_text
 
 PAIRED_SOURCES = ("comparison", "external", "correction")  # pairs whose two answers both carry a verdict
 
@@ -67,7 +68,7 @@ def kto_rows(tokenizer, examples: Sequence[Example], seed: int) -> list[dict]:
     KTOTrainer reads its rows in order (it pairs each answer with its neighbour's prompt for the
     KL estimate), so the order is shuffled here: in seq order a batch would be all one verdict.
     """
-    rows = [{"prompt": chat_prompt(tokenizer, e.messages), "completion": e.text + tokenizer.eos_token,
+    rows = [{"prompt": prompt_text(tokenizer, e.messages), "completion": e.text + tokenizer.eos_token,
              "label": e.desirable} for e in examples]  # fmt: skip
     random.Random(seed).shuffle(rows)
     return rows

@@ -19,6 +19,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from flywheel.settings import RewardSection
 from trainer.hardware import compute_dtype, device, trainer_args
 from trainer.pairs import Messages, Pair
+from trainer.records import RAW_PROMPT_ROLE
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,22 @@ def load_tokenizer(base_model: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: Messages) -> list[int]:
-    """Token ids of a prompt, ending with the assistant's turn header."""
+def prompt_text(tokenizer: PreTrainedTokenizerBase, messages: Messages) -> str:
+    """The prompt as serving gave it to the model: the chat template up to the assistant's turn
+    header, or a /v1/completions prompt's own text."""
+    if is_raw(messages):
+        return messages[0][1]
     chat = [{"role": role, "content": content} for role, content in messages]
-    text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-    return tokenizer.encode(text, add_special_tokens=False)
+    return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+
+
+def is_raw(messages: Messages) -> bool:
+    return len(messages) == 1 and messages[0][0] == RAW_PROMPT_ROLE
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: Messages) -> list[int]:
+    """Token ids of a prompt as serving encoded it (a text prompt with the special tokens it starts with)."""
+    return tokenizer.encode(prompt_text(tokenizer, messages), add_special_tokens=is_raw(messages))
 
 
 def dialogue_ids(tokenizer: PreTrainedTokenizerBase, messages: Messages, answer: str, max_length: int) -> list[int]:

@@ -35,9 +35,9 @@ from trainer.kto import kto_examples, run_kto
 from trainer.metrics import TrainerMetrics
 from trainer.pairs import HeldOut, Messages, PairSet, build_pairs, continuation_pairs, is_rewrite
 from trainer.ppo import PolicyLora, PolicyTraining, encode_prompts, load_policy, run_ppo
+from trainer.raters import assess, include_everyone
 from trainer.records import AI_SOURCE, CorrectedResponse
 from trainer.reward import RewardModel, load_tokenizer, prompt_ids
-from trainer.raters import assess, include_everyone
 from trainer.reward_update import current_reward_model, update_reward_model
 from trainer.sft import run_sft
 

@@ -214,8 +214,10 @@ class TrainerService:
             canary_version=self.controller.state.canary,
             rollout_verdict=self.controller.last_verdict.reason if self.controller.last_verdict else "",
             ai_verdicts=counts.get("ai_pair", 0),
-            raters=[{"user": user, "judgements": n, "agreement": agreement, "excluded": excluded}
-                    for user, n, agreement, excluded in self.dataset.raters()[:20]],  # fmt: skip
+            raters=[
+                {"user": user, "judgements": n, "agreement": agreement, "excluded": excluded}
+                for user, n, agreement, excluded in self.dataset.raters()[:20]
+            ],
         )
 
     # -- the two loops

@@ -14,14 +14,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from flywheel.settings import SFTSection
-from trainer.dpo import chat_prompt, fit_offline
+from trainer.dpo import fit_offline
 from trainer.ppo import PolicyLora, PolicyTraining
 from trainer.records import CorrectedResponse
+from trainer.reward import prompt_text
 
 
 def sft_rows(tokenizer, demonstrations: Sequence[CorrectedResponse]) -> list[dict[str, str]]:
     """TRL's prompt-completion format: the chat prompt, and the rewrite ending with the end-of-turn token."""
-    return [{"prompt": chat_prompt(tokenizer, d.messages), "completion": d.text + tokenizer.eos_token}
+    return [{"prompt": prompt_text(tokenizer, d.messages), "completion": d.text + tokenizer.eos_token}
             for d in demonstrations]  # fmt: skip
 
 

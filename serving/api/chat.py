@@ -8,6 +8,7 @@ from fastapi.responses import StreamingResponse
 from flywheel.errors import APIError, ErrorResponse
 from flywheel.http import caller_id
 from serving.chat import ChatService
+from serving.completions import CompletionRequest, TextCompletion, text_chunk, text_completion
 from serving.protocol import ChatCompletionRequest, ChatCompletionResponse, ModelCard, ModelList
 
 router = APIRouter()
@@ -53,3 +54,22 @@ async def list_models(request: Request) -> ModelList:
             )
         ]
     )
+
+
+@router.post("/v1/completions", response_model=TextCompletion, responses=_ERRORS)
+async def create_completion(
+    body: CompletionRequest,
+    request: Request,
+    authorization: str | None = Header(default=None),
+):
+    """OpenAI's text completions: the prompt used as given, served and recorded as a chat (serving/completions.py)."""
+    service = chat_service(request)
+    prepared = service.prepare(body.as_chat(service.tokenizer), caller_id(request, authorization), stream=body.stream)
+    if body.stream:
+        offsets: dict[int, int] = {}
+        return StreamingResponse(
+            service.stream(prepared, shape=lambda chunk: text_chunk(chunk, offsets)),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    return text_completion(await service.complete(prepared))
