@@ -1,8 +1,9 @@
-"""Serving throughput: the HTTP API vs vLLM offline vs HF transformers, in one run (JSON).
+"""Serving throughput: the HTTP API vs vLLM's own OpenAI server vs vLLM offline vs HF transformers, in one run (JSON).
 
 The same 32 chat prompts, 64 new tokens each (end-of-sequence ignored, so every path does the
-same work), greedy: (a) our HTTP API with 16 concurrent clients, (b) vLLM's offline
-`LLM.generate` with the server's engine configuration, (c) HF `generate`, batched, bf16.
+same work), greedy: (a) our HTTP API with 16 concurrent clients, (b) vLLM's own OpenAI server
+(`vllm.entrypoints.openai.api_server`) with the same engine settings and the same client, (c) vLLM's
+offline `LLM.generate` with the server's engine configuration, (d) HF `generate`, batched, bf16.
 Each path runs in its own process, one after another, so they do not share the 2 cores.
 
     python bench/serving.py [--model DIR] [--out FILE] [--dtypes bfloat16,float32]
@@ -205,7 +206,50 @@ def phase_http(model: str) -> dict:
         return asyncio.run(_http_load(url))
 
 
-PHASES = {"http": phase_http, "offline": phase_offline, "hf": phase_hf}
+def vllm_server_flags(kwargs: dict) -> list[str]:
+    """engine_kwargs as the command line of vLLM's own OpenAI server (the same engine configuration)."""
+    flags = []
+    for name, value in kwargs.items():
+        flag = "--" + name.replace("_", "-")
+        if name == "model":
+            continue
+        if isinstance(value, bool):
+            flags.append(flag if value else f"--no-{name.replace('_', '-')}")
+        elif name == "structured_outputs_config":
+            config = {"backend": value.backend, "disable_any_whitespace": value.disable_any_whitespace}
+            flags += [flag, json.dumps(config)]
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def phase_vllm_http(model: str) -> dict:
+    """vLLM's own OpenAI server (`vllm.entrypoints.openai.api_server`), Flywheel's engine settings, our client."""
+    from flywheel.settings import ServingSettings
+    from flywheel.supervisor import wait_http_ready
+    from serving.engine import engine_kwargs, set_engine_environment
+
+    settings = ServingSettings()
+    set_engine_environment(settings)
+    port = 18767
+    args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--port", str(port),
+            *vllm_server_flags(engine_kwargs(settings, model))]  # fmt: skip
+    with open(ROOT / ".flywheel" / "bench-vllm-server.log", "wb") as log:
+        server = subprocess.Popen(args, env=os.environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http_ready(f"{url}/health", server, timeout_s=600)
+        result = asyncio.run(_http_load(url))
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+    return {**result, "config": f"{result['config']}, vLLM's own OpenAI server"}
+
+
+PHASES = {"http": phase_http, "vllm_http": phase_vllm_http, "offline": phase_offline, "hf": phase_hf}
 
 
 def run_phase(name: str, model: str, dtype: str | None = None) -> dict:
@@ -228,6 +272,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("--dtypes", default="", help="comma-separated engine dtypes to add as offline phases")
     parser.add_argument("--only-dtypes", action="store_true", help="run only the --dtypes phases")
+    parser.add_argument("--servers", action="store_true", help="run only our HTTP API and vLLM's server, side by side")
     args = parser.parse_args()
     if args.phase:
         print(json.dumps(PHASES[args.phase](args.model)))
@@ -243,20 +288,32 @@ def main() -> int:
     for dtype in dtypes:
         print(f"running offline in {dtype}…", file=sys.stderr)
         results[f"offline_{dtype}"] = run_phase("offline", model, dtype)
+    if args.servers:  # the two servers, twice each, alternating
+        runs: dict[str, list[dict]] = {"http": [], "vllm_http": []}
+        for _ in range(2):
+            for name, done in runs.items():
+                print(f"running {name}…", file=sys.stderr)
+                done.append(run_phase(name, model))
+        ratios = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(runs["http"], runs["vllm_http"], strict=True)]
+        print(json.dumps({"benchmark": "serving-servers", "model": model, "runs": runs,
+                          "http_over_vllm_server": ratios}, indent=2))  # fmt: skip
+        return 0
     if args.only_dtypes:
         print(json.dumps({"benchmark": "serving", "model": model, "results": results}, indent=2))
         return 0
-    for name in ("http", "offline", "hf"):
+    for name in ("http", "vllm_http", "offline", "hf"):
         print(f"running {name}…", file=sys.stderr)
         results[name] = run_phase(name, model)
-    http, offline, hf = (results[k]["tokens_per_s"] for k in ("http", "offline", "hf"))
+    http, vllm_http, offline, hf = (results[k]["tokens_per_s"] for k in ("http", "vllm_http", "offline", "hf"))
     report = {
         "benchmark": "serving",
         "model": model,
         "prompts": len(PROMPTS),
         "new_tokens": NEW_TOKENS,
         "results": results,
-        "ratios": {"http_over_offline": http / offline, "http_over_hf": http / hf},
+        "ratios": {"http_over_offline": http / offline, "http_over_hf": http / hf,
+                   "http_over_vllm_server": http / vllm_http,
+                   "ttft_p50_over_vllm_server": results["http"]["ttft_p50_s"] / results["vllm_http"]["ttft_p50_s"]},
         "targets": {"http_over_offline": 0.85, "http_over_hf": 3.0},
         "meets_targets": http / offline >= 0.85 and http / hf >= 3.0,
     }

@@ -124,9 +124,9 @@ class JudgeReport:
 class Judge:
     """One judge endpoint; `compare` asks it about one pair in both orders."""
 
-    def __init__(self, config: JudgeSection, client: openai.OpenAI | None = None) -> None:
+    def __init__(self, config: JudgeSection) -> None:
         self.config = config
-        self.client = client or openai.OpenAI(
+        self.client = openai.OpenAI(
             base_url=config.url, api_key=config.api_key.get_secret_value() or "none", timeout=config.timeout_s,
             max_retries=1,
         )  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
 
@@ -23,6 +25,12 @@ def chat_service(request: Request) -> ChatService:
     return service
 
 
+def event_stream(events: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(
+        events, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+
+
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=_ERRORS)
 async def create_chat_completion(
     body: ChatCompletionRequest,
@@ -32,11 +40,7 @@ async def create_chat_completion(
     service = chat_service(request)
     prepared = service.prepare(body, caller_id(request, authorization), stream=body.stream)
     if body.stream:
-        return StreamingResponse(
-            service.stream(prepared),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        return event_stream(service.stream(prepared))
     return await service.complete(prepared)
 
 
@@ -67,9 +71,5 @@ async def create_completion(
     prepared = service.prepare(body.as_chat(service.tokenizer), caller_id(request, authorization), stream=body.stream)
     if body.stream:
         offsets: dict[int, int] = {}
-        return StreamingResponse(
-            service.stream(prepared, shape=lambda chunk: text_chunk(chunk, offsets)),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        return event_stream(service.stream(prepared, shape=lambda chunk: text_chunk(chunk, offsets)))
     return text_completion(await service.complete(prepared))
