@@ -214,6 +214,16 @@ class ServingSettings(CommonSettings):
         refuse_public_placeholder_admin_key(self.host, self.admin_key)
         return self
 
+    @model_validator(mode="after")
+    def _check_tool_call_parser(self) -> ServingSettings:
+        if self.tool_call_parser:
+            from vllm.tool_parsers import ToolParserManager  # vLLM's registry: imported only when one is named
+
+            known = sorted({*ToolParserManager.tool_parsers, *ToolParserManager.lazy_parsers})
+            if self.tool_call_parser not in known:
+                raise ValueError(f"tool_call_parser {self.tool_call_parser!r} is not one of vLLM's: {', '.join(known)}")
+        return self
+
 
 class FeedbackSettings(CommonSettings):
     """The feedback path: API limits, the durable outbox and its relay to Kafka."""

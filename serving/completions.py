@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from flywheel.errors import APIError
 from serving.protocol import (
@@ -84,7 +84,17 @@ class CompletionRequest(BaseModel):
             if not text.strip():
                 raise APIError(400, "prompt must not be empty", param="prompt")
             ids = list(tokenizer.encode(text))  # with the special tokens a bare text starts with, as vLLM does
-        chat = ChatCompletionRequest(
+        try:
+            chat = self._chat(text)
+        except ValidationError as exc:  # a field the chat request bounds (stop, logit_bias): named, a 400
+            error = exc.errors()[0]
+            param = ".".join(str(part) for part in error["loc"]) or None
+            raise APIError(400, f"{param}: {error['msg']}", param=param) from None
+        chat.set_text_prompt(text, ids)
+        return chat
+
+    def _chat(self, text: str) -> ChatCompletionRequest:
+        return ChatCompletionRequest(
             model=self.model, messages=[ChatMessage(role="user", content=text)], n=self.n,
             temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens, stop=self.stop,
             seed=self.seed, logprobs=self.logprobs is not None, top_logprobs=self.logprobs,
@@ -92,8 +102,6 @@ class CompletionRequest(BaseModel):
             logit_bias=self.logit_bias, stream=self.stream, stream_options=self.stream_options, user=self.user,
             store=self.store, policy_version=self.policy_version,
         )  # fmt: skip
-        chat.set_text_prompt(text, ids)
-        return chat
 
 
 class TextLogprobs(BaseModel):

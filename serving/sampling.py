@@ -6,6 +6,7 @@ A request that asks for what this server cannot honour, or more than it allows, 
 
 from __future__ import annotations
 
+from jinja2 import TemplateError
 from vllm import SamplingParams
 from vllm.entrypoints.generate.base.protocol import structured_outputs_from_response_format
 from vllm.exceptions import VLLMValidationError
@@ -67,7 +68,11 @@ def prompt_ids(request: ChatCompletionRequest, tokenizer) -> list[int]:
             400, "the last message must not be from the assistant", param="messages", code="invalid_value"
         )
     tools = [tool.model_dump(exclude_none=True) for tool in request.tools] if request.tools else None
-    text = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
+    try:
+        text = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
+    except (TemplateError, TypeError, ValueError) as exc:  # the model's template refuses these messages
+        raise APIError(400, f"the served model's chat template cannot render these messages: {exc}",
+                       param="messages") from None  # fmt: skip
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 

@@ -63,8 +63,9 @@ def check_tools(request: ChatCompletionRequest, tokenizer, parser_name: str) -> 
                        param="response_format")  # fmt: skip
     choice = request.tool_choice
     if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name")
-        if choice.get("type") != "function" or not name:
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
+        if choice.get("type") != "function" or not isinstance(name, str) or not name:
             raise APIError(400, 'a named tool_choice is {"type": "function", "function": {"name": ...}}',
                            param="tool_choice")  # fmt: skip
         if name not in {t.function.name for t in request.tools}:

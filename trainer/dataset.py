@@ -275,6 +275,7 @@ class DatasetStore(RoundLedger, RolloutSignals):
         for user, messages, choices, ranking, strength, seq in rows:
             texts, order = json.loads(choices), json.loads(ranking)
             usable = strength != TIE and len(order) >= 2 and max(order[:2]) < len(texts)
+            usable = usable and texts[order[0]] != texts[order[1]]  # two equal answers: no judgement to score
             if usable and len(found.get(user, ())) < per_user:
                 turns = messages_from_json(messages)
                 found.setdefault(user, []).append(Judgement(turns, texts[order[0]], turns, texts[order[1]], seq))
@@ -291,7 +292,8 @@ class DatasetStore(RoundLedger, RolloutSignals):
         for user, (ups, downs) in rated.items():
             for i in range(min(max(len(ups), len(downs)), per_user) if ups and downs else 0):
                 (good_turns, good, seq_a), (bad_turns, bad, seq_b) = ups[i % len(ups)], downs[i % len(downs)]
-                found.setdefault(user, []).append(Judgement(good_turns, good, bad_turns, bad, max(seq_a, seq_b)))
+                if (good_turns, good) != (bad_turns, bad):
+                    found.setdefault(user, []).append(Judgement(good_turns, good, bad_turns, bad, max(seq_a, seq_b)))
         return {user: sorted(items, key=lambda j: -j.seq)[:per_user] for user, items in found.items()}
 
     def save_raters(self, rows: list[tuple[str, int, float, bool]]) -> None:

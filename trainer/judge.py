@@ -39,6 +39,7 @@ from trainer.records import AI_SOURCE
 
 log = logging.getLogger(__name__)
 
+IMPORT_ROLES = ("system", "user", "assistant")  # what an imported pair's messages may hold (not raw or tool turns)
 MAX_ANSWER_CHARS = 4_000  # of each answer shown to the judge (a long answer keeps its start)
 
 DEFAULT_CONSTITUTION = """\
@@ -73,7 +74,7 @@ class JudgeError(RuntimeError):
 
 def parse_verdict(text: str) -> int | None:
     """0 for A, 1 for B: the first standalone letter of the reply; None when it names neither."""
-    found = _LETTER.search(text.strip().upper()[:200])
+    found = _LETTER.search(text.strip()[:200])  # capitals only: "As a judge, B ..." names B
     return None if found is None else "AB".index(found.group(1))
 
 
@@ -104,6 +105,7 @@ class Verdict:
     candidate: Candidate
     winner: int | None  # 0: first, 1: second, None: a tie (disagreement or no answer)
     replies: tuple[str, str] = ("", "")
+    refused: bool = False  # the judge's API refused a question (400): not judged, asked again later
 
 
 @dataclass
@@ -112,13 +114,14 @@ class JudgeReport:
     pairs: int = 0  # verdicts that agreed in both orders
     ties: int = 0  # the two orders disagreed
     unparsed: int = 0  # a reply named neither answer
+    refused: int = 0  # the judge's API refused the question: not remembered, asked again in a later round
     accepted: int = 0  # by the feedback service (duplicates are not)
     stored: int = 0  # back through Kafka within wait_s
     errors: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, float]:
         return {f"judge_{name}": float(getattr(self, name))
-                for name in ("judged", "pairs", "ties", "unparsed", "accepted", "stored")}  # fmt: skip
+                for name in ("judged", "pairs", "ties", "unparsed", "refused", "accepted", "stored")}  # fmt: skip
 
 
 class Judge:
@@ -145,7 +148,8 @@ class Judge:
             self._model = models[0].id
         return self._model
 
-    def ask(self, messages: Messages, first: str, second: str) -> str:
+    def ask(self, messages: Messages, first: str, second: str) -> str | None:
+        """The judge's reply; None when it refused this question (a 400: too long for its context, say)."""
         content = USER.format(conversation=render(messages), first=first[:MAX_ANSWER_CHARS],
                               second=second[:MAX_ANSWER_CHARS])  # fmt: skip
         try:
@@ -159,9 +163,9 @@ class Judge:
                 max_tokens=8,
                 store=False,  # Flywheel's own serving as the judge: its questions are not training data
             )
-        except openai.BadRequestError as exc:  # this pair (too long for the judge's context, say): no verdict
+        except openai.BadRequestError as exc:
             log.debug("the judge refused a question: %s", exc)
-            return ""
+            return None
         except openai.OpenAIError as exc:
             raise JudgeError(f"the judge at {self.config.url} failed: {type(exc).__name__}: {exc}") from None
         return (reply.choices[0].message.content or "") if reply.choices else ""
@@ -169,6 +173,8 @@ class Judge:
     def compare(self, candidate: Candidate) -> Verdict:
         forward = self.ask(candidate.messages, candidate.first, candidate.second)
         backward = self.ask(candidate.messages, candidate.second, candidate.first)
+        if forward is None or backward is None:
+            return Verdict(candidate, None, (forward or "", backward or ""), refused=True)
         a, b = parse_verdict(forward), parse_verdict(backward)
         winner = a if a is not None and b is not None and a != b else None  # B backwards is A forwards
         return Verdict(candidate, winner, (forward, backward))
@@ -193,6 +199,7 @@ def candidates(store: DatasetStore, heldout: HeldOut, limit: int) -> list[Candid
     by_prompt = [
         (key, messages, texts) for key, messages, texts in store.answers_by_prompt()
         if key not in heldout and sum(len(content) for _, content in messages) <= MAX_PAIR_PROMPT_CHARS
+        and all(role in IMPORT_ROLES for role, _ in messages)
     ]  # fmt: skip
     queues: list[list[Candidate]] = []
     for key, messages, texts in by_prompt:
@@ -256,6 +263,9 @@ def judge_round(
         verdicts = []
         for candidate in chosen:
             verdict = judge.compare(candidate)
+            if verdict.refused:
+                report.refused += 1
+                continue
             verdicts.append(verdict)
             report.judged += 1
             if verdict.winner is not None:
@@ -264,6 +274,9 @@ def judge_round(
                 report.unparsed += 1
             else:
                 report.ties += 1
+        if report.refused == len(chosen):
+            raise JudgeError(f"the judge at {config.url} refused every question (is {judge.model} a chat model "
+                             "that takes temperature, max_tokens and store?)")  # fmt: skip
         before = store.count_events().get("ai_pair", 0)
         report.accepted, _ = submit(config, admin_key, verdicts)
         store.save_judgements([(v.candidate.digest, "tie" if v.winner is None else "pair") for v in verdicts])

@@ -28,7 +28,7 @@ from trainer.ppo import PolicyLora, PolicyTraining
 from trainer.records import RatedResponse
 from trainer.reward import prompt_text
 
-PAIRED_SOURCES = ("comparison", "external", "correction")  # pairs whose two answers both carry a verdict
+PAIRED_SOURCES = ("comparison", "external", "correction", "ai")  # pairs whose two answers both carry a verdict
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,8 @@ def test_streamed_token_id_prompt(client, tiny_model):
     ({"prompt": "   "}, "prompt"),
     ({"logprobs": 9}, "logprobs"),
     ({"max_tokens": 100_000}, "max_tokens"),
+    ({"stop": ""}, "stop"),
+    ({"logit_bias": {"not-a-token": 1}}, "logit_bias"),
 ])  # fmt: skip
 def test_what_cannot_be_honoured_is_a_400_naming_the_field(client, options, param):
     with pytest.raises(openai.BadRequestError) as excinfo:

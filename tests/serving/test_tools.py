@@ -120,6 +120,8 @@ def test_auto_is_read_by_the_model_familys_parser_and_refused_without_one(client
 @pytest.mark.parametrize(("body", "param", "says"), [
     ({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice", "not among the tools"),
     ({"tool_choice": "sometimes"}, "tool_choice", "tool_choice"),
+    ({"tool_choice": {"type": "function", "function": "get_weather"}}, "tool_choice", "named tool_choice"),
+    ({"tool_choice": {"type": "function", "function": {"name": ["get_weather"]}}}, "tool_choice", "named"),
     ({"response_format": {"type": "json_object"}, "tool_choice": "required"}, "response_format", "exclude"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "nope"}}}],
       "tool_choice": "required"}, "tools", "tools"),

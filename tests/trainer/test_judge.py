@@ -15,11 +15,12 @@ import time
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from flywheel.settings import TOPIC_COMPLETIONS
 from flywheel.training_settings import JudgeSection
 from flywheel.v1 import events_pb2
-from tests.conftest import ADMIN_KEY, free_port
+from tests.conftest import ADMIN_KEY, feedback_env, free_port, start_feedback, stop_process
 from tests.trainer.synthetic import completion, traffic
 from trainer.dataset import DatasetStore
 from trainer.ingest import Ingestor
@@ -33,7 +34,8 @@ _ANSWER = re.compile(r"Answer A:\n(.*)\n\nAnswer B:\n(.*)\n\nWhich answer", re.D
 
 class ScriptedJudge:
     """An OpenAI-compatible chat API whose verdicts follow a rule: `polite` prefers the answer that
-    says please, `first` always says A (pure position bias), `mumble` never names an answer."""
+    says please, `first` always says A (pure position bias), `mumble` never names an answer,
+    `refuse` answers every question 400 (a model that does not take these parameters)."""
 
     def __init__(self, habit: str) -> None:
         self.habit = habit
@@ -46,9 +48,13 @@ class ScriptedJudge:
                                                 "owned_by": "tests"}]}  # fmt: skip
 
         @app.post("/v1/chat/completions")
-        async def chat(request: Request) -> dict:
+        async def chat(request: Request):
             body = await request.json()
             self.requests.append(body)
+            if self.habit == "refuse":
+                error = {"message": "temperature is not supported", "type": "invalid_request_error",
+                         "param": "temperature", "code": None}  # fmt: skip
+                return JSONResponse({"error": error}, status_code=400)
             return {"id": "judge-1", "object": "chat.completion", "created": 0, "model": body["model"],
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": self.reply(body)},
                                  "finish_reason": "stop"}]}  # fmt: skip
@@ -78,6 +84,15 @@ class ScriptedJudge:
         self.thread.join(timeout=5)
 
 
+@pytest.fixture(scope="module")
+def own_feedback(module_broker, tmp_path_factory):
+    """A broker and feedback service of this module's own: no other test's events reach its stores."""
+    tmp = tmp_path_factory.mktemp("judge-feedback")
+    server = start_feedback(tmp, feedback_env(tmp, module_broker.bootstrap))
+    yield module_broker, server
+    stop_process(server.process)
+
+
 def config(url: str, **extra) -> JudgeSection:
     return JudgeSection(url=url, **extra)
 
@@ -87,8 +102,9 @@ def polite_and_curt() -> Candidate:
 
 
 def test_a_verdict_is_the_first_letter_naming_an_answer():
-    assert parse_verdict("A") == 0 and parse_verdict(" b.") == 1 and parse_verdict("Answer B is better") == 1
-    assert parse_verdict("Both are fine.") is None and parse_verdict("") is None
+    assert parse_verdict("A") == 0 and parse_verdict(" B.") == 1 and parse_verdict("Answer B is better") == 1
+    assert parse_verdict("As a judge, B is better") == 1, "an article is not a verdict"
+    assert parse_verdict("Both are fine.") is None and parse_verdict("") is None and parse_verdict("b") is None
 
 
 @pytest.mark.parametrize(
@@ -116,6 +132,14 @@ def stored_traffic(tmp_path, count: int) -> DatasetStore:
     store = DatasetStore(tmp_path / "dataset.sqlite")
     store.ingest([(topic, payload) for topic, payload in traffic(count) if topic == TOPIC_COMPLETIONS])
     return store
+
+
+def test_a_judge_that_refuses_every_question_is_reported_and_nothing_is_remembered(tmp_path):
+    store = stored_traffic(tmp_path, 4)
+    with ScriptedJudge("refuse") as server:
+        report = judge_round(store, config(server.url), ADMIN_KEY, HeldOut(0))
+    assert report.refused == 4 and report.judged == 0 and "refused every question" in report.errors[0]
+    assert store.judged_digests() == set(), "refused pairs are asked again later"
 
 
 def test_candidates_pair_distinct_answers_of_training_prompts_and_skip_what_was_judged(tmp_path):
@@ -157,8 +181,9 @@ def test_ai_verdicts_are_stored_apart_and_start_no_round(tmp_path):
 
 
 @pytest.mark.slow
-def test_verdicts_travel_through_feedback_and_kafka_into_the_store(tmp_path, broker, feedback_server):
+def test_verdicts_travel_through_feedback_and_kafka_into_the_store(tmp_path, own_feedback):
     """The scripted judge prefers polite answers; its verdicts come back through the real broker as pairs."""
+    broker, feedback_server = own_feedback
     store = DatasetStore(tmp_path / "dataset.sqlite")
     rng = random.Random(7)
     events = [completion(1000 + i, rng, prefix=f"judge-{tmp_path.name}") for i in range(6)]  # prompts of their own
@@ -172,7 +197,7 @@ def test_verdicts_travel_through_feedback_and_kafka_into_the_store(tmp_path, bro
     finally:
         ingestor.close()
     assert (report.judged, report.pairs, report.accepted, report.stored) == (6, 6, 6, 6), report
-    assert again.judged == 0, "nothing is asked twice"
+    assert len(server.requests) == 12 and again.judged == 0, "each pair asked once in each order, never again"
     keys = {prompt_key([(m.role, m.content) for m in e.messages]) for e in events}
     mine = [r for r in store.external_pairs() if r.prompt_key in keys]
     assert len(mine) == 6 and all("please" in r.chosen.lower() and r.source == AI_SOURCE for r in mine)
@@ -208,13 +233,13 @@ def completions_on_broker(bootstrap: str) -> int:
 
 
 @pytest.mark.slow
-def test_a_round_with_a_judge_learns_from_its_verdicts_what_people_prefer(taught_policy, tmp_path, broker,
-                                                                         feedback_server):  # fmt: skip
+def test_a_round_with_a_judge_learns_from_its_verdicts_what_people_prefer(taught_policy, tmp_path, own_feedback):
     """People rate only held-out prompts; on every training prompt the reward model has only the
     scripted judge's verdicts (it prefers polite answers, as the synthetic users do)."""
     from tests.trainer.conftest import round_context
     from trainer.round import heldout_slice, run_round
 
+    broker, feedback_server = own_feedback
     records = traffic(48, seed=3)
     completions = {}
     for topic, payload in records:
@@ -238,7 +263,8 @@ def test_a_round_with_a_judge_learns_from_its_verdicts_what_people_prefer(taught
     m = result.metrics
     trained_prompts = sum(key not in keys for key in set(completions.values()))
     assert m["judge_judged"] == trained_prompts and m["judge_pairs"] == trained_prompts, m
-    # Other tests' verdicts on the shared broker may come in too, and shift the held-out slice a little.
+    # The verdicts of the test above (other prompts) come in through the module's broker too: their
+    # prompts join the known ones and may move a prompt of people's out of the held-out slice.
     assert m["pairs_ai"] >= trained_prompts and m["pairs_train"] - m["pairs_ai"] <= 2, "people's pairs: held out"
     assert result.outcome == "reward_updated" and m["reward_accuracy"] >= 0.9, result
     assert ctx.metrics.judge_verdicts.labels("pair")._value.get() == trained_prompts

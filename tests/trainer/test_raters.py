@@ -55,6 +55,13 @@ def test_each_user_judges_with_comparisons_and_their_own_ups_against_downs(tmp_p
         assert all("please" in j.better.lower() and "please" not in j.worse.lower() for j in items)
     assert all(len(items) == 3 for items in store.rater_judgements(per_user=3).values())
 
+    same = completion(10_000, random.Random(1), prefix="same")  # two equal answers: nothing to judge them by
+    same.user_id = "rater-same"
+    same.choices[1].text = same.choices[0].text
+    fb = feedback(same, "comparison")
+    store.ingest([(TOPIC_COMPLETIONS, same.SerializeToString()), (TOPIC_FEEDBACK, fb.SerializeToString())])
+    assert "rater-same" not in store.rater_judgements(per_user=100)
+
 
 @pytest.mark.slow
 def test_contrarian_raters_are_left_out_and_the_reward_models_accuracy_recovers(taught_policy, tmp_path):
