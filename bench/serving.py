@@ -180,18 +180,24 @@ async def _http_load(url: str) -> dict:
 @contextlib.contextmanager
 def serving_process(model: str, port: int, log_name: str, env: dict[str, str] | None = None) -> Iterator[str]:
     """`flywheel serve` alone (no broker) on `port`, its log in .flywheel/LOG_NAME; yields its URL, stops its group."""
-    from flywheel.supervisor import wait_http_ready
-
     work = ROOT / ".flywheel"
     env = {**os.environ, **(env or {}), "FLYWHEEL_KAFKA_BOOTSTRAP": "127.0.0.1:1", "FLYWHEEL_DATA_DIR": str(work)}
-    with open(work / log_name, "wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "flywheel.cli", "serve", "--model", model, "--port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    args = [sys.executable, "-m", "flywheel.cli", "serve", "--model", model, "--port", str(port)]
+    with server_process(args, port, log_name, "/readyz", env) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def server_process(args: list[str], port: int, log_name: str, ready_path: str, env: dict[str, str]) -> Iterator[str]:
+    """The server `args` started in its own process group, its log in .flywheel/LOG_NAME; yields its URL once
+    `ready_path` answers, then stops the group."""
+    from flywheel.supervisor import wait_http_ready
+
+    with open(ROOT / ".flywheel" / log_name, "wb") as log:
+        server = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http_ready(f"{url}/readyz", server, timeout_s=600)
+        wait_http_ready(f"{url}{ready_path}", server, timeout_s=600)
         yield url
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -226,7 +232,6 @@ def vllm_server_flags(kwargs: dict) -> list[str]:
 def phase_vllm_http(model: str) -> dict:
     """vLLM's own OpenAI server (`vllm.entrypoints.openai.api_server`), Flywheel's engine settings, our client."""
     from flywheel.settings import ServingSettings
-    from flywheel.supervisor import wait_http_ready
     from serving.engine import engine_kwargs, set_engine_environment
 
     settings = ServingSettings()
@@ -234,18 +239,8 @@ def phase_vllm_http(model: str) -> dict:
     port = 18767
     args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--port", str(port),
             *vllm_server_flags(engine_kwargs(settings, model))]  # fmt: skip
-    with open(ROOT / ".flywheel" / "bench-vllm-server.log", "wb") as log:
-        server = subprocess.Popen(args, env=os.environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http_ready(f"{url}/health", server, timeout_s=600)
+    with server_process(args, port, "bench-vllm-server.log", "/health", dict(os.environ)) as url:
         result = asyncio.run(_http_load(url))
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
     return {**result, "config": f"{result['config']}, vLLM's own OpenAI server"}
 
 
@@ -311,9 +306,12 @@ def main() -> int:
         "prompts": len(PROMPTS),
         "new_tokens": NEW_TOKENS,
         "results": results,
-        "ratios": {"http_over_offline": http / offline, "http_over_hf": http / hf,
-                   "http_over_vllm_server": http / vllm_http,
-                   "ttft_p50_over_vllm_server": results["http"]["ttft_p50_s"] / results["vllm_http"]["ttft_p50_s"]},
+        "ratios": {
+            "http_over_offline": http / offline,
+            "http_over_hf": http / hf,
+            "http_over_vllm_server": http / vllm_http,
+            "ttft_p50_over_vllm_server": results["http"]["ttft_p50_s"] / results["vllm_http"]["ttft_p50_s"],
+        },
         "targets": {"http_over_offline": 0.85, "http_over_hf": 3.0},
         "meets_targets": http / offline >= 0.85 and http / hf >= 3.0,
     }

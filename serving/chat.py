@@ -251,13 +251,14 @@ class ChatService:
         choices = [
             Choice(
                 index=state.index,
-                message=self._message(prep, state),
-                finish_reason=self._finish_reason(prep, state),
+                message=message,
+                finish_reason=_finish_reason(state, message),
                 logprobs=logprobs.get(state.index),
                 feedback_token=self._feedback_token(prep, state.index),
                 policy_version=prep.policy_of(state.index).version,
             )
             for state in prep.choices.values()
+            for message in [self._message(prep, state)]
         ]
         usage = self._finish(prep, outcome="completed")
         return ChatCompletionResponse(
@@ -274,21 +275,6 @@ class ChatService:
             return AssistantMessage(content=state.text)
         out = tool_output(prep.request, state.text, self.tokenizer, self.settings.tool_call_parser)
         return AssistantMessage(content=out.content, tool_calls=out.tool_calls or None)
-
-    def _finish_reason(self, prep: Prepared, state: ChoiceState) -> str | None:
-        if wants_tools(prep.request) and state.finish_reason == "stop" and self._message(prep, state).tool_calls:
-            return "tool_calls"
-        return state.finish_reason
-
-    def _tool_delta(self, prep: Prepared, state: ChoiceState) -> DeltaMessage:
-        """A finished choice of a request with tools, whole: its content, or its calls (serving/tools.py)."""
-        message = self._message(prep, state)
-        calls = [
-            DeltaToolCall(index=i, id=call.id, type="function",
-                          function=DeltaFunctionCall(name=call.function.name, arguments=call.function.arguments))
-            for i, call in enumerate(message.tool_calls or [])
-        ]  # fmt: skip
-        return DeltaMessage(role="assistant", content=message.content, tool_calls=calls or None)
 
     async def stream(self, prep: Prepared, shape: Callable[[ChatCompletionChunk], BaseModel] | None = None
                      ) -> AsyncIterator[str]:  # fmt: skip
@@ -312,9 +298,10 @@ class ChatService:
                     state, logprobs = self._absorb(prep, piece)
                     if whole:
                         if state.finish_reason is not None:
+                            message = self._message(prep, state)
                             choice = StreamChoice(
-                                index=state.index, delta=self._tool_delta(prep, state),
-                                finish_reason=self._finish_reason(prep, state),
+                                index=state.index, delta=_tool_delta(message),
+                                finish_reason=_finish_reason(state, message),
                                 feedback_token=self._feedback_token(prep, state.index),
                                 policy_version=prep.policy_of(state.index).version,
                             )  # fmt: skip
@@ -381,3 +368,17 @@ class ChatService:
             event = completion_event(prep, usage)
             self.publisher.publish(prep.completion_id, event.SerializeToString())
         return usage
+
+
+def _finish_reason(state: ChoiceState, message: AssistantMessage) -> str | None:
+    return "tool_calls" if state.finish_reason == "stop" and message.tool_calls else state.finish_reason
+
+
+def _tool_delta(message: AssistantMessage) -> DeltaMessage:
+    """A finished choice of a request with tools, whole: its content, or its calls (serving/tools.py)."""
+    calls = [
+        DeltaToolCall(index=i, id=call.id, type="function",
+                      function=DeltaFunctionCall(name=call.function.name, arguments=call.function.arguments))
+        for i, call in enumerate(message.tool_calls or [])
+    ]  # fmt: skip
+    return DeltaMessage(role="assistant", content=message.content, tool_calls=calls or None)

@@ -5,7 +5,8 @@ relay insert nothing), and one batch is one transaction, so the consumer may com
 as soon as `ingest` returns. Feedback that arrives before its completion is stored anyway and
 joins when the completion comes: pairs are built by joining at read time.
 It takes (topic, bytes) records and knows nothing of Kafka but the positions the ingestor keeps
-in it. Rounds and state are trainer/ledger.py's tables, the roll-out's signals trainer/signals.py's.
+in it. Rounds and state are trainer/ledger.py's tables, the roll-out's signals trainer/signals.py's,
+the judge's and the raters' reads trainer/judgements.py's.
 """
 
 from __future__ import annotations
@@ -24,17 +25,17 @@ from google.protobuf.message import DecodeError
 
 from flywheel.settings import TOPIC_COMPLETIONS, TOPIC_FEEDBACK
 from flywheel.v1 import events_pb2
+from trainer.judgements import JudgementStore
 from trainer.ledger import RoundLedger
-from trainer.pairs import TIE
 from trainer.records import (
     AI_SOURCE,
+    EXCLUDED_USERS,
     FEEDBACK_KINDS,
     RAW_PROMPT_ROLE,
     SCHEMA,
     CorrectedResponse,
     ExternalPairRow,
     IngestResult,
-    Judgement,
     RankedCompletion,
     RatedResponse,
     messages_from_json,
@@ -45,10 +46,8 @@ from trainer.signals import RolloutSignals
 
 log = logging.getLogger(__name__)
 
-_EXCLUDED = "(SELECT user_id FROM raters WHERE excluded = 1)"  # raters left out (trainer/raters.py)
 
-
-class DatasetStore(RoundLedger, RolloutSignals):
+class DatasetStore(RoundLedger, RolloutSignals, JudgementStore):
     """SQLite in WAL mode; one connection guarded by a lock (ingestion and rounds share it)."""
 
     def __init__(self, path: Path) -> None:
@@ -208,7 +207,7 @@ class DatasetStore(RoundLedger, RolloutSignals):
         rows = self._query(
             "SELECT c.prompt_key, c.messages, c.choices, r.completion_id, r.choice_index,"
             " SUM(r.rating), MAX(r.seq) FROM ratings r JOIN completions c USING (completion_id)"
-            f" WHERE r.user_id NOT IN {_EXCLUDED} GROUP BY r.completion_id, r.choice_index ORDER BY MAX(r.seq)"
+            f" WHERE r.user_id NOT IN {EXCLUDED_USERS} GROUP BY r.completion_id, r.choice_index ORDER BY MAX(r.seq)"
         )
         rated = []
         for key, messages, choices, completion_id, index, net, seq in rows:
@@ -221,7 +220,7 @@ class DatasetStore(RoundLedger, RolloutSignals):
     def ranked_completions(self) -> list[RankedCompletion]:
         rows = self._query(
             "SELECT c.prompt_key, c.messages, c.choices, k.ranking, k.strength, k.seq"
-            f" FROM comparisons k JOIN completions c USING (completion_id) WHERE k.user_id NOT IN {_EXCLUDED}"
+            f" FROM comparisons k JOIN completions c USING (completion_id) WHERE k.user_id NOT IN {EXCLUDED_USERS}"
             " ORDER BY k.seq"
         )
         return [
@@ -234,7 +233,7 @@ class DatasetStore(RoundLedger, RolloutSignals):
         """Every rewrite whose completion has arrived, with the original answer, in seq order."""
         rows = self._query(
             "SELECT c.prompt_key, c.messages, c.choices, r.choice_index, r.text, r.seq"
-            f" FROM corrections r JOIN completions c USING (completion_id) WHERE r.user_id NOT IN {_EXCLUDED}"
+            f" FROM corrections r JOIN completions c USING (completion_id) WHERE r.user_id NOT IN {EXCLUDED_USERS}"
             " ORDER BY r.seq"
         )
         found = []
@@ -250,72 +249,6 @@ class DatasetStore(RoundLedger, RolloutSignals):
             ExternalPairRow(key, messages_from_json(prompt), chosen, rejected, seq, source or "")
             for key, prompt, chosen, rejected, seq, source in rows
         ]
-
-    def answers_by_prompt(self, recent: int = 2_000) -> list[tuple[str, tuple[tuple[str, str], ...], list[str]]]:
-        """(prompt_key, messages, distinct answers served) of the `recent` newest completions' prompts, newest first."""
-        rows = self._query("SELECT prompt_key, messages, choices FROM completions ORDER BY seq DESC LIMIT ?", (recent,))
-        found: dict[str, tuple[tuple[tuple[str, str], ...], list[str]]] = {}
-        for key, messages, choices in rows:
-            texts = found.setdefault(key, (messages_from_json(messages), []))[1]
-            texts.extend(text for text in json.loads(choices) if text.strip() and text not in texts)
-        return [(key, messages, texts) for key, (messages, texts) in found.items()]
-
-    def rater_judgements(self, per_user: int) -> dict[str, list[Judgement]]:
-        """Each user's most recent `per_user` judgements, better answer first, from every user (left out or not).
-
-        A comparison's ranking gives its first two places (a tie gives nothing); a user's thumbs give
-        each up answer against one of their down answers, taken in turn (answers to different prompts:
-        what the user liked against what they did not).
-        """
-        found: dict[str, list[Judgement]] = {}
-        rows = self._query(
-            "SELECT k.user_id, c.messages, c.choices, k.ranking, k.strength, k.seq FROM comparisons k"
-            " JOIN completions c USING (completion_id) ORDER BY k.seq DESC"
-        )
-        for user, messages, choices, ranking, strength, seq in rows:
-            texts, order = json.loads(choices), json.loads(ranking)
-            usable = strength != TIE and len(order) >= 2 and max(order[:2]) < len(texts)
-            usable = usable and texts[order[0]] != texts[order[1]]  # two equal answers: no judgement to score
-            if usable and len(found.get(user, ())) < per_user:
-                turns = messages_from_json(messages)
-                found.setdefault(user, []).append(Judgement(turns, texts[order[0]], turns, texts[order[1]], seq))
-        rated: dict[str, tuple[list, list]] = {}
-        rows = self._query(
-            "SELECT r.user_id, c.messages, c.choices, r.choice_index, r.rating, r.seq FROM ratings r"
-            " JOIN completions c USING (completion_id) ORDER BY r.seq DESC"
-        )
-        for user, messages, choices, index, rating, seq in rows:
-            texts = json.loads(choices)
-            if 0 <= index < len(texts):
-                rated.setdefault(user, ([], []))[0 if rating > 0 else 1].append((messages_from_json(messages),
-                                                                                texts[index], seq))  # fmt: skip
-        for user, (ups, downs) in rated.items():
-            for i in range(min(max(len(ups), len(downs)), per_user) if ups and downs else 0):
-                (good_turns, good, seq_a), (bad_turns, bad, seq_b) = ups[i % len(ups)], downs[i % len(downs)]
-                if (good_turns, good) != (bad_turns, bad):
-                    found.setdefault(user, []).append(Judgement(good_turns, good, bad_turns, bad, max(seq_a, seq_b)))
-        return {user: sorted(items, key=lambda j: -j.seq)[:per_user] for user, items in found.items()}
-
-    def save_raters(self, rows: list[tuple[str, int, float, bool]]) -> None:
-        """(user, judgements, agreement, excluded) of every user assessed; an excluded user's feedback is not read."""
-        now = time.time()
-        with self._transaction() as db:
-            db.execute("DELETE FROM raters")
-            rows = [(user, n, agreement, int(excluded), now) for user, n, agreement, excluded in rows]
-            db.executemany("INSERT INTO raters VALUES (?, ?, ?, ?, ?)", rows)
-
-    def raters(self) -> list[tuple[str, int, float, bool]]:
-        rows = self._query("SELECT user_id, judgements, agreement, excluded FROM raters ORDER BY agreement")
-        return [(user, n, agreement, bool(excluded)) for user, n, agreement, excluded in rows]
-
-    def judged_digests(self) -> set[str]:
-        return {digest for (digest,) in self._query("SELECT digest FROM judgements")}
-
-    def save_judgements(self, verdicts: list[tuple[str, str]]) -> None:
-        """(pair digest, verdict) of pairs the AI judge has seen, so none is asked again."""
-        now = time.time()
-        with self._transaction() as db:
-            db.executemany("INSERT OR REPLACE INTO judgements VALUES (?, ?, ?)", [(d, v, now) for d, v in verdicts])
 
     def unrated_choices(self, prompt_keys: Iterable[str]) -> dict[str, list[str]]:
         """Texts of choices nobody rated, by prompt: the policy's own samples for those prompts."""
@@ -365,7 +298,9 @@ class DatasetStore(RoundLedger, RolloutSignals):
     def count_feedback(self, after_seq: int = 0) -> int:
         placeholders = ",".join("?" * len(FEEDBACK_KINDS))
         rows = self._query(
-            f"SELECT COUNT(*) FROM events WHERE kind IN ({placeholders}) AND seq > ?", (*FEEDBACK_KINDS, after_seq)
+            f"SELECT COUNT(*) FROM events WHERE kind IN ({placeholders}) AND seq > ?"
+            f" AND COALESCE(user_id, '') NOT IN {EXCLUDED_USERS}",  # a left-out rater's feedback starts no round
+            (*FEEDBACK_KINDS, after_seq),
         )
         return rows[0][0]
 

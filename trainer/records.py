@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 FEEDBACK_KINDS = ("thumbs", "comparison", "external_pair", "correction")  # people's: an "ai_pair" is not
 RAW_PROMPT_ROLE = "raw"  # the one "message" of a /v1/completions prompt: its text, read with no chat template
+EXCLUDED_USERS = "(SELECT user_id FROM raters WHERE excluded = 1)"  # SQL: raters left out (trainer/raters.py)
 AI_SOURCE = "ai"  # ExternalPair.source of an AI judge's verdict (trainer/judge.py), stored as kind "ai_pair"
 
 SCHEMA = """

@@ -8,6 +8,7 @@ import sqlite3
 from typing import TypedDict
 
 from flywheel.v1 import events_pb2
+from trainer.records import EXCLUDED_USERS
 
 
 class HistoryBucket(TypedDict):
@@ -61,7 +62,9 @@ class RolloutSignals:
 
     # The roll-out signals count users, not ratings: one user rating a hundred answers, or sending
     # a hundred comparisons, is one vote, the sign of their net verdict; answers to requests that
-    # pinned a version (which anyone may do) are no sample of the roll-out and are left out.
+    # pinned a version (which anyone may do) are no sample of the roll-out and are left out, and so
+    # are raters left out of training (trainer/raters.py): one who answers against everyone else
+    # would vote a better canary down.
 
     def head_to_head(self, version: str, other: str, since: float, anonymous: bool = True) -> tuple[int, int]:
         """(wins, losses) of `version` against `other` since `since`: users on balance for each side."""
@@ -70,7 +73,8 @@ class RolloutSignals:
             " SELECT h.user_id, SUM(CASE WHEN h.winner = ? THEN 1 ELSE -1 END) AS net FROM head_to_head h"
             " LEFT JOIN completions c USING (completion_id)"
             " WHERE h.created_at >= ? AND ((h.winner = ? AND h.loser = ?) OR (h.winner = ? AND h.loser = ?))"
-            " AND COALESCE(c.pinned, 0) = 0 AND (? OR h.user_id NOT LIKE 'anon-%') GROUP BY h.user_id)",
+            " AND COALESCE(c.pinned, 0) = 0 AND (? OR h.user_id NOT LIKE 'anon-%')"
+            f" AND h.user_id NOT IN {EXCLUDED_USERS} GROUP BY h.user_id)",
             (version, since, version, other, other, version, anonymous),
         )
         return int(rows[0][0]), int(rows[0][1])
@@ -84,7 +88,8 @@ class RolloutSignals:
             "SELECT COALESCE(SUM(net > 0), 0), COALESCE(SUM(net < 0), 0) FROM ("
             " SELECT r.user_id, SUM(r.rating) AS net FROM ratings r LEFT JOIN completions c USING (completion_id)"
             " WHERE r.policy_version = ? AND r.created_at >= ? AND COALESCE(c.pinned, 0) = 0"
-            " AND (? OR r.user_id NOT LIKE 'anon-%') GROUP BY r.user_id)",
+            " AND (? OR r.user_id NOT LIKE 'anon-%')"
+            f" AND r.user_id NOT IN {EXCLUDED_USERS} GROUP BY r.user_id)",
             (policy_version, since, anonymous),
         )
         return int(rows[0][0]), int(rows[0][1])

@@ -101,3 +101,19 @@ def test_assessment_in_off_mode_leaves_nobody_out(tmp_path):
     assert len(report.raters) == 8 and report.excluded == []
     report = assess(store, Opposite(), RatersSection())
     assert set(report.excluded) == set(USERS) - CONTRARIANS
+
+
+def test_a_left_out_rater_counts_in_no_roll_out_signal_and_starts_no_round(tmp_path):
+    store = DatasetStore(tmp_path / "dataset.sqlite")
+    rng, records = random.Random(0), []
+    for i in range(48):  # every user likes 6 answers of v0001: 8 votes up
+        event = completion(i, rng, version="v0001", prefix="left-out")
+        event.user_id = USERS[i % len(USERS)]
+        records += [(TOPIC_COMPLETIONS, event.SerializeToString()),
+                    (TOPIC_FEEDBACK, feedback(event, "up").SerializeToString())]  # fmt: skip
+    store.ingest(records)
+    assert store.thumbs("v0001", since=0.0) == (8, 0) and store.count_feedback() == 48
+
+    store.save_raters([(user, 12, 0.1 if user in CONTRARIANS else 0.9, user in CONTRARIANS) for user in USERS])
+    assert store.thumbs("v0001", since=0.0) == (6, 0), "a left-out user is no vote"
+    assert store.count_feedback() == 36, "their 12 events start no round"
