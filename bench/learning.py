@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 log = logging.getLogger("bench.learning")
 PROBE_S = 5.0
 # judge: an AI judge is set; sft: corrections came
-PHASES = ("judge", "raters", "collect", "reward_model", "sft", "ppo", "dpo", "kto", "evaluate", "publish")
+PHASES = ("judge", "raters", "collect", "reward_model", "sft", "ppo", "grpo", "dpo", "kto", "evaluate", "publish")
 
 
 def free_port() -> int:

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from flywheel.training_settings import (
     DPOSection,
     GateSection,
+    GRPOSection,
     JudgeSection,
     KTOSection,
     PPOSection,
@@ -302,11 +303,13 @@ class TrainerSettings(CommonSettings):
     seed: int = Field(0, description="Seed of sampling, data splits and training.")
     rounds: RoundTriggerSection = RoundTriggerSection()
     reward: RewardSection = RewardSection()
-    algorithm: Literal["ppo", "dpo", "kto"] = Field(
+    algorithm: Literal["ppo", "grpo", "dpo", "kto"] = Field(
         "ppo",
-        description="How a round trains the policy: PPO on the reward model, DPO on the pairs, KTO on rated answers.",
+        description="How a round trains the policy: PPO or GRPO on the reward model, DPO on the pairs, KTO on rated "
+        "answers.",
     )
     ppo: PPOSection = PPOSection()
+    grpo: GRPOSection = GRPOSection()
     dpo: DPOSection = DPOSection()
     kto: KTOSection = KTOSection()
     sft: SFTSection = SFTSection()

@@ -78,6 +78,23 @@ class PPOSection(BaseModel):
     logprob_tolerance: float = Field(0.15, description="Largest mean |rollout - training| logprob gap accepted.")
 
 
+class GRPOSection(BaseModel):
+    """GRPO (TRL 1.12 GRPOTrainer) on the reward model: policy = parent version + LoRA, reference = base, no critic."""
+
+    steps: int = Field(8, ge=1, description="GRPO updates per round.")
+    prompts_per_step: int = Field(4, ge=1, description="Prompts per update.")
+    group_size: int = Field(
+        4, ge=2, description="Answers sampled per prompt; each one's advantage is its reward against its group's."
+    )
+    epochs: int = Field(1, ge=1, description="Passes over each update's answers (GRPO's μ).")
+    response_length: int = Field(64, ge=1, description="Most tokens an answer may have.")
+    learning_rate: float = Field(5e-4, gt=0, description="AdamW learning rate, constant (policy LoRA).")
+    kl_coef: float = Field(0.04, ge=0, description="β: weight of the per-token KL to the base in the loss.")
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature of the answers.")
+    missing_eos_penalty: float = Field(1.0, ge=0, description="Reward subtracted from an answer that never ends.")
+    max_prompt_tokens: int = Field(192, ge=1, description="Prompts longer than this (tokens) are skipped.")
+
+
 class DPOSection(BaseModel):
     """DPO (TRL 1.12 DPOTrainer) on the pairs: policy = parent version + LoRA, reference = the parent."""
 

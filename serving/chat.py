@@ -138,6 +138,8 @@ class ChatService:
             user_id=user_id,
             policy=policy,
             prompt_ids=prompt_ids,
+            prompt_text=None if request.templated_from_messages()
+            else self.tokenizer.decode(prompt_ids, clean_up_tokenization_spaces=False),
             sampling=sampling,
             request=request,
             # Never the request's `model`: a client must not choose what every chunk and event repeats.

@@ -24,7 +24,7 @@ class VersionView(TypedDict, total=False):
     state: str  # stable | canary | loaded | available | refused | retired
     parent_version: str
     kind: str  # base | lora | full
-    algorithm: str  # how the trainer made it: ppo | dpo | kto ("" for the base and merged weights)
+    algorithm: str  # how the trainer made it: ppo | grpo | dpo | kto ("" for the base and merged weights)
     metrics: dict[str, float]
     swap_seconds: float  # 0 until it was swapped in here
     created_at: float  # versions in the store only

@@ -48,6 +48,9 @@ class Prepared:
     started_at: float
     choices: dict[int, ChoiceState]
     choice_policies: list[ServedPolicy] = field(default_factory=list)  # compare mode: one version per choice
+    # The prompt the model read, decoded with its special tokens, where the messages alone do not
+    # give it (ChatCompletionRequest.templated_from_messages): the event's prompt_text.
+    prompt_text: str | None = None
     first_token_at: float | None = None
 
     def policy_of(self, index: int) -> ServedPolicy:
@@ -105,7 +108,7 @@ def completion_event(prep: Prepared, usage: Usage) -> events_pb2.Completion:
         model=prep.model_name,
         messages=[events_pb2.ChatMessage(role=m.role, content=m.text()) for m in request.messages]
         if request.prompt_text is None else [],
-        prompt_text=request.prompt_text or "",
+        prompt_text=prep.prompt_text or "",
         choices=[
             events_pb2.CompletionChoice(
                 index=s.index,

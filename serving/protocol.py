@@ -196,6 +196,16 @@ class ChatCompletionRequest(BaseModel):
     def text_prompt_ids(self) -> list[int] | None:
         return self._prompt_ids
 
+    def templated_from_messages(self) -> bool:
+        """Whether the messages alone give the prompt the model read: no text prompt, no tools, no tool turns.
+
+        Otherwise the Completion event carries the prompt as text (serving/outputs.py), since the
+        trainer, which keeps messages as (role, text), could not render it again.
+        """
+        return self._prompt_text is None and not self.tools and all(
+            m.role != "tool" and not m.tool_calls for m in self.messages
+        )
+
     def stop_list(self) -> list[str]:
         if self.stop is None:
             return []

@@ -137,7 +137,7 @@ class DatasetStore(RoundLedger, RolloutSignals, JudgementStore):
             seq = self._insert_event(db, event, topic, "completion", payload, now, None)
             if seq:
                 messages = [(m.role, m.content) for m in event.messages]
-                if not messages and event.prompt_text:  # a /v1/completions prompt, as written
+                if event.prompt_text:  # the prompt as the model read it (a text prompt, tools): not templated again
                     messages = [(RAW_PROMPT_ROLE, event.prompt_text)]
                 choices = sorted(event.choices, key=lambda c: c.index)
                 db.execute(

@@ -70,7 +70,7 @@ class TrainerMetrics:
         )  # fmt: skip
         self.ppo = Gauge(
             "flywheel_trainer_ppo",
-            "Last policy update (PPO: score, kl, beta...; DPO: dpo_loss...; KTO: kto_loss...).",
+            "Last policy update (PPO: score, kl, beta...; GRPO: grpo_reward...; DPO: dpo_loss...; KTO: kto_loss...).",
             ["stat"],
             registry=r,
         )

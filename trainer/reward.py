@@ -40,7 +40,8 @@ def load_tokenizer(base_model: str) -> PreTrainedTokenizerBase:
 
 def prompt_text(tokenizer: PreTrainedTokenizerBase, messages: Messages) -> str:
     """The prompt as serving gave it to the model: the chat template up to the assistant's turn
-    header, or a /v1/completions prompt's own text."""
+    header, or the text serving recorded (a /v1/completions prompt, a chat with tools), special
+    tokens included."""
     if is_raw(messages):
         return messages[0][1]
     chat = [{"role": role, "content": content} for role, content in messages]
@@ -52,8 +53,8 @@ def is_raw(messages: Messages) -> bool:
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: Messages) -> list[int]:
-    """Token ids of a prompt as serving encoded it (a text prompt with the special tokens it starts with)."""
-    return tokenizer.encode(prompt_text(tokenizer, messages), add_special_tokens=is_raw(messages))
+    """Token ids of a prompt as serving encoded it; a recorded text holds its special tokens already."""
+    return tokenizer.encode(prompt_text(tokenizer, messages), add_special_tokens=False)
 
 
 def dialogue_ids(tokenizer: PreTrainedTokenizerBase, messages: Messages, answer: str, max_length: int) -> list[int]:

@@ -30,6 +30,7 @@ from trainer.evaluate import (
     reward_gain,
     sample_answers,
 )  # fmt: skip
+from trainer.grpo import run_grpo
 from trainer.judge import judge_round
 from trainer.kto import kto_examples, run_kto
 from trainer.metrics import TrainerMetrics
@@ -293,7 +294,7 @@ def train_policy(
     ctx: RoundContext, start: Path | None, start_manifest: Manifest | None, reward: RewardModel,
     prompts: list, train_pairs: list, round_id: int,
 ) -> PolicyTraining:  # fmt: skip
-    """The round's policy update (`algorithm`): PPO on the reward model, DPO on pairs, KTO on rated answers.
+    """The round's policy update (`algorithm`): PPO or GRPO on the reward model, DPO on pairs, KTO on rated answers.
 
     DPO or KTO continuing a policy the same algorithm trained goes on with the pairs (answers) new
     since it, older ones replayed, as the reward model does; from a fresh adapter or another
@@ -302,8 +303,13 @@ def train_policy(
     settings = ctx.settings
     algorithm = settings.algorithm
     work = settings.work_dir / f"round-{round_id}" / algorithm
-    if algorithm == "ppo":
-        trained = run_ppo(ctx.base_model, start, reward, prompts, settings.ppo, work, settings.seed, step_logger("ppo"))
+    if algorithm in ("ppo", "grpo"):
+        if algorithm == "ppo":
+            trained = run_ppo(ctx.base_model, start, reward, prompts, settings.ppo, work, settings.seed,
+                              step_logger("ppo"))  # fmt: skip
+        else:
+            trained = run_grpo(ctx.base_model, start, reward, prompts, settings.grpo, PolicyLora.of(settings.ppo),
+                               work, settings.seed + round_id, step_logger("grpo"))  # fmt: skip
         trained.extra["algorithm"] = algorithm
         return trained
     since = trained_through(start_manifest, algorithm) if start else -1

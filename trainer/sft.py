@@ -4,7 +4,7 @@ A correction says what the answer should have been, which no rating can: it is a
 (the supervised step that comes before RL in InstructGPT) as well as a pair (the rewrite beats
 the original, trainer/pairs.py). Once enough corrections are new since the policy a round starts
 from (`sft.min_demonstrations`), the round first fine-tunes that policy on them, the loss on the
-answer only, and the round's PPO, DPO or KTO goes on from the result. Nothing is published from
+answer only, and the round's PPO, GRPO, DPO or KTO goes on from the result. Nothing is published from
 this phase alone: the round's evaluation gates the final policy against its parent, as always.
 """
 

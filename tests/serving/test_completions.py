@@ -50,15 +50,25 @@ def test_a_text_prompt_is_completed_as_written_and_recorded_for_the_trainer(clie
     assert prompt_ids(tokenizer, messages) == list(event.prompt_token_ids), "the trainer reads what was served"
 
 
-def test_streamed_token_id_prompt(client, tiny_model):
+def test_streamed_token_id_prompt_is_read_back_with_its_own_special_tokens(client, broker, tiny_model, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    ids = tokenizer.encode(PROMPT)
+    ids = [tokenizer.bos_token_id, *tokenizer.encode(PROMPT, add_special_tokens=False)]  # a BOS of its own
     chunks = list(client.completions.create(model="flywheel", prompt=ids, max_tokens=5, stream=True, seed=1,
                                             stream_options={"include_usage": True}))  # fmt: skip
     text = "".join(c.choices[0].text for c in chunks if c.choices)
     assert text and any(c.choices and c.choices[0].finish_reason == "length" for c in chunks)
     assert any(c.choices and c.choices[0].model_extra.get("feedback_token") for c in chunks)
     assert chunks[-1].usage.prompt_tokens == len(ids) and chunks[-1].usage.completion_tokens == 5
+
+    wanted = chunks[0].id.replace("cmpl-", "chatcmpl-", 1)
+    events = consume(broker.bootstrap, TOPIC_COMPLETIONS, events_pb2.Completion.FromString,
+                     lambda evs: any(e.completion_id == wanted for e in evs))  # fmt: skip
+    (event,) = [e for e in events if e.completion_id == wanted]
+    assert list(event.prompt_token_ids) == ids and event.prompt_text.startswith(tokenizer.bos_token)
+    store = DatasetStore(tmp_path / "dataset.sqlite")
+    store.ingest([(TOPIC_COMPLETIONS, event.SerializeToString())])
+    ((_, messages),) = store.prompts(10)
+    assert prompt_ids(tokenizer, messages) == ids, "one BOS, as served: none added again"
 
 
 @pytest.mark.parametrize(("options", "param"), [

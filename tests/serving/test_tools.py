@@ -11,11 +11,16 @@ import shutil
 
 import openai
 import pytest
+from transformers import AutoTokenizer
 
-from flywheel.settings import ServingSettings
+from flywheel.settings import TOPIC_COMPLETIONS, ServingSettings
+from flywheel.v1 import events_pb2
 from serving.protocol import ChatCompletionRequest
 from serving.tools import tool_output
 from tests.conftest import TEST_API_KEY, serving_env, start_serving
+from tests.kafka_helpers import consume
+from trainer.dataset import DatasetStore
+from trainer.reward import prompt_ids
 
 TEMPLATE = """\
 {%- if tools %}<|im_start|>system
@@ -66,7 +71,7 @@ def client(tools_model, broker, tmp_path_factory):
 pytestmark = pytest.mark.engine
 
 
-def test_a_named_function_is_called_with_arguments_that_fit_its_schema(client):
+def test_a_named_function_is_called_with_arguments_that_fit_its_schema(client, broker, tools_model, tmp_path):
     for seed in range(2):
         completion = client.chat.completions.create(
             model="flywheel", messages=MESSAGES, tools=[WEATHER, TIME], max_tokens=96, seed=seed,
@@ -79,6 +84,16 @@ def test_a_named_function_is_called_with_arguments_that_fit_its_schema(client):
         assert call.function.name == "get_weather" and call.id and call.type == "function"
         assert set(arguments) == {"city", "days"} and 1 <= arguments["days"] <= 7
         assert choice.model_extra["feedback_token"], "a call is rated like any answer"
+
+    # the event carries the prompt as rendered, tools included; the trainer reads back those tokens
+    events = consume(broker.bootstrap, TOPIC_COMPLETIONS, events_pb2.Completion.FromString,
+                     lambda evs: any(e.completion_id == completion.id for e in evs))  # fmt: skip
+    (event,) = [e for e in events if e.completion_id == completion.id]
+    assert "The weather in a city." in event.prompt_text and event.messages[0].content == MESSAGES[0]["content"]
+    store = DatasetStore(tmp_path / "dataset.sqlite")
+    store.ingest([(TOPIC_COMPLETIONS, event.SerializeToString())])
+    ((_, messages),) = store.prompts(10)
+    assert prompt_ids(AutoTokenizer.from_pretrained(tools_model), messages) == list(event.prompt_token_ids)
 
 
 def test_required_streams_the_calls_as_deltas_and_the_next_turn_takes_their_results(client):
