@@ -211,6 +211,7 @@ def round_rows(history: dict, started: float) -> list[dict]:
             "raters_excluded": m.get("raters_excluded"),
             "reward_accuracy": m.get("reward_accuracy"),
             "reward_heldout_pairs": m.get("reward_heldout_pairs"),
+            "reward_heldout_independent": m.get("reward_heldout_independent"),
             "reward_model_kept": bool(m.get("reward_model_kept")),
             "reward_gain": m.get("eval_reward_gain"),
             "reward_gain_stderr": m.get("eval_reward_gain_stderr"),

@@ -8,6 +8,7 @@ on the policy's own samples (the k1 estimator, unbiased; http://joschu.net/blog/
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from flywheel.settings import GateSection, RewardSection
-from trainer.pairs import Messages
+from trainer.pairs import Messages, effective_count
 from trainer.reward import RewardModel
 
 EVAL_BATCH = 16  # answers generated and scored together; the logits of a batch are held in fp32
@@ -132,7 +133,12 @@ def reward_gain(new: PolicyMeasure, parent: PolicyMeasure) -> tuple[float, float
     return mean, math.sqrt(variance / len(gains))
 
 
-def reward_model_gate(correct: Sequence[float], previous_correct: Sequence[float] | None, config: RewardSection) -> str:
+def reward_model_gate(
+    correct: Sequence[float],
+    previous_correct: Sequence[float] | None,
+    config: RewardSection,
+    groups: Sequence[int] | None = None,
+) -> str:
     """Why the new reward model must not be used ('' when it passes).
 
     `correct` is the new model's per-pair result on the held-out pairs (1, 0.5 for a tie, 0), and
@@ -140,30 +146,48 @@ def reward_model_gate(correct: Sequence[float], previous_correct: Sequence[float
     by ±0.1 from noise alone, so both rules allow `accuracy_tolerance_stderrs` standard errors: the
     floor the binomial one at the floor, the predecessor the paired one of the per-pair differences
     (a model as good as the floor, or as its predecessor, is refused by noise ~5 % of the time at 1.64).
+    Pairs that share an answer (`groups`, trainer/pairs.answer_groups) are not independent: one
+    thumbs up paired with a prompt's ten thumbs down is one judgement of one answer, right or wrong
+    ten times. The floor counts the pairs' effective number, the paired rule clusters by group.
     """
     if not correct:
         return "no held-out pairs to measure the reward model on"
     n, z = len(correct), config.accuracy_tolerance_stderrs
+    groups = list(range(n)) if groups is None else groups
+    independent = effective_count(groups)
     accuracy = sum(correct) / n
     floor = config.accuracy_floor
-    tolerance = z * math.sqrt(floor * (1.0 - floor) / n)
+    tolerance = z * math.sqrt(floor * (1.0 - floor) / independent)
+    size = f"{n} pairs" if independent == n else f"{n} pairs (worth {independent:.1f} independent ones)"
     if accuracy < floor - tolerance:
         return (
-            f"reward model held-out accuracy {accuracy:.3f} on {n} pairs is below the floor {floor:.3f}"
+            f"reward model held-out accuracy {accuracy:.3f} on {size} is below the floor {floor:.3f}"
             f" by more than its tolerance {tolerance:.3f}"
         )
     if previous_correct is None:
         return ""
     differences = [a - b for a, b in zip(correct, previous_correct, strict=True)]
     drop = -sum(differences) / n
-    spread = math.sqrt(sum((d + drop) ** 2 for d in differences) / (n - 1) / n) if n > 1 else 0.0
+    spread = clustered_stderr(differences, groups)
     if drop > 0 and drop > z * spread:
         previous = sum(previous_correct) / n
         return (
             f"reward model held-out accuracy {accuracy:.3f} fell below the previous model's {previous:.3f}"
-            f" on the same {n} pairs by more than noise ({drop:.3f} > {z:g} standard errors of {spread:.3f})"
+            f" on the same {size} by more than noise ({drop:.3f} > {z:g} standard errors of {spread:.3f})"
         )
     return ""
+
+
+def clustered_stderr(values: Sequence[float], groups: Sequence[int]) -> float:
+    """The standard error of the mean of `values` whose `groups` may move together (the cluster-robust
+    one; with groups of one it is the usual sample standard error). 0 with fewer than two groups."""
+    mean = sum(values) / len(values)
+    sums: dict[int, float] = defaultdict(float)
+    for value, group in zip(values, groups, strict=True):
+        sums[group] += value - mean
+    if len(sums) < 2:
+        return 0.0
+    return math.sqrt(len(sums) / (len(sums) - 1) * sum(s * s for s in sums.values())) / len(values)
 
 
 def policy_gate(new: PolicyMeasure, parent: PolicyMeasure, reference: PolicyMeasure, config: GateSection) -> list[str]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -165,6 +165,30 @@ def external_pairs(rows: Iterable[ExternalPairRow]) -> list[Pair]:
         for r in rows
         if r.chosen != r.rejected
     ]
+
+
+def answer_groups(pairs: Sequence[Pair]) -> list[int]:
+    """Per pair, the index of its group: pairs that share an answer (directly or through others) are
+    one group. A thumbs up paired with every thumbs down on its prompt gives a group whose pairs
+    stand or fall together with how the one up answer is scored."""
+    parent: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def root(node: tuple[str, str]) -> tuple[str, str]:
+        while parent.setdefault(node, node) != node:
+            node = parent[node]
+        return node
+
+    for p in pairs:
+        parent[root((p.prompt_key, p.chosen))] = root((p.prompt_key, p.rejected))
+    index: dict[tuple[str, str], int] = {}
+    return [index.setdefault(root((p.prompt_key, p.chosen)), len(index)) for p in pairs]
+
+
+def effective_count(groups: Sequence[int]) -> float:
+    """How many independent pairs `groups` are worth: n^2 / sum of squared group sizes (Kish's
+    effective sample size when a group's pairs agree). n for n groups of one, 1 for one group."""
+    sizes = Counter(groups).values()
+    return len(groups) ** 2 / sum(k * k for k in sizes) if groups else 0.0
 
 
 def weighted_copies(pair: Pair, weight: float) -> int:

@@ -11,7 +11,7 @@ from flywheel.settings import RewardSection
 from flywheel.store import Manifest
 from trainer.context import REWARD_MODEL_KEY, RoundContext, step_logger
 from trainer.evaluate import reward_model_gate
-from trainer.pairs import PairSet, continuation_pairs
+from trainer.pairs import PairSet, answer_groups, continuation_pairs, effective_count
 from trainer.reward import RewardModel, load_reward_model, train_reward_model
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,10 @@ def update_reward_model(ctx: RoundContext, pairs: PairSet, round_id: int, fresh:
     previous_correct = previous[2].correct(pairs.heldout) if previous and pairs.heldout else None
     if previous_correct:
         summary["reward_accuracy_previous"] = sum(previous_correct) / len(previous_correct)
+    groups = answer_groups(pairs.heldout)
     summary["reward_heldout_pairs"] = len(correct)
-    refused = reward_model_gate(correct, previous_correct, config)
+    summary["reward_heldout_independent"] = effective_count(groups)
+    refused = reward_model_gate(correct, previous_correct, config, groups)
     if refused:
         if previous is None:
             return RewardUpdate(None, "", refused, True, accuracy, summary)

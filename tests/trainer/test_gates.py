@@ -116,3 +116,37 @@ def test_a_fresh_reward_model_takes_its_epochs_or_at_least_its_minimum_of_steps(
     assert fresh_epochs(config, 1000) == 1.0  # 125 steps
     assert fresh_epochs(config, 48) == 2.0  # one epoch would be 6 steps
     assert fresh_epochs(RewardSection(epochs=1.0, min_steps=0), 10) == 1.0
+
+
+def test_pairs_that_share_an_answer_count_as_one_judgement():
+    config = RewardSection(accuracy_floor=0.6, accuracy_tolerance_stderrs=1.64)
+    # 30 held-out pairs, 8 right (0.27): as 30 independent pairs it is far below the floor...
+    result = [1.0] * 8 + [0.0] * 22
+    assert "below the floor" in reward_model_gate(result, None, config)
+    # ...but as three thumbs up each paired with ten thumbs down it is three judgements, and 0.27
+    # is well inside what three coin flips give (tolerance 1.64 * sqrt(0.24 / 3) = 0.46)
+    three_groups = [0] * 8 + [1] * 10 + [2] * 12
+    assert reward_model_gate(result, None, config, three_groups) == ""
+    # the paired rule clusters too: one group of ten lost against the predecessor
+    previous = [1.0] * 20 + [0.0] * 10
+    lost_one_group = [1.0] * 10 + [0.0] * 20
+    assert "fell below" in reward_model_gate(lost_one_group, previous, RewardSection(accuracy_floor=0.0))
+    groups = [0] * 10 + [1] * 10 + [2] * 10
+    assert reward_model_gate(lost_one_group, previous, RewardSection(accuracy_floor=0.0), groups) == ""
+
+
+def test_answer_groups_join_pairs_through_shared_answers():
+    from trainer.pairs import Pair, answer_groups, effective_count
+
+    def pair(prompt, chosen, rejected):
+        return Pair(prompt, (("user", prompt),), chosen, rejected, "thumbs", 0)
+
+    pairs = [pair("p", "up", "d1"), pair("p", "up", "d2"), pair("p", "up2", "d2"),  # one group via d2
+             pair("q", "up", "d1"),  # another prompt: the same text is another answer
+             pair("p", "x", "y")]  # fmt: skip
+    groups = answer_groups(pairs)
+    assert groups[0] == groups[1] == groups[2]
+    assert len({groups[0], groups[3], groups[4]}) == 3
+    assert effective_count(groups) == 25 / (9 + 1 + 1)
+    assert effective_count(list(range(7))) == 7
+    assert effective_count([]) == 0.0
