@@ -45,7 +45,7 @@ def main() -> int:
     from flywheel.settings import CommonSettings, TrainerSettings
     from trainer.grpo import run_grpo
     from trainer.ppo import PolicyLora, run_ppo
-    from trainer.reward import RewardModel, _base_classifier, load_tokenizer
+    from trainer.reward import RewardModel, base_classifier, load_tokenizer
 
     torch.set_num_threads(args.threads)
     model = args.model or str(prepare_default_model(CommonSettings().models_dir))
@@ -53,7 +53,7 @@ def main() -> int:
     ppo = settings.ppo.model_copy(update={"steps": args.updates})
     grpo = settings.grpo.model_copy(update={"steps": args.updates})
     tokenizer = load_tokenizer(model)
-    reward = RewardModel(_base_classifier(model, tokenizer).eval(), tokenizer, settings.reward.max_length)
+    reward = RewardModel(base_classifier(model, tokenizer).eval(), tokenizer, settings.reward.max_length)
     prompts = [(("user", prompt),) for prompt in PROMPTS]
     per_update: dict[str, list[float]] = {"ppo": [], "grpo": []}
     with tempfile.TemporaryDirectory(prefix="flywheel-policy-update-") as work:

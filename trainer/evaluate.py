@@ -16,8 +16,8 @@ import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from flywheel.settings import GateSection, RewardSection
-from trainer.pairs import Messages, effective_count
-from trainer.reward import RewardModel
+from trainer.pairs import effective_count
+from trainer.reward import RewardModel, end_of_turn_scores
 
 EVAL_BATCH = 16  # answers generated and scored together; the logits of a batch are held in fp32
 
@@ -83,7 +83,6 @@ def measure_policy(
     policy,
     tokenizer: PreTrainedTokenizerBase,
     reward: RewardModel,
-    prompts: Sequence[Messages],
     queries: Sequence[list[int]],
     response_length: int,
     temperature: float = 1.0,
@@ -110,8 +109,9 @@ def measure_policy(
         lengths += drawn.valid.sum(1).tolist()
         finished = (drawn.query_response[:, drawn.context :] == tokenizer.eos_token_id).any(1).tolist()
         ended += finished
-        scored = reward.score([prompts[i] for i, _ in chunk], drawn.answers)
-        scores += [s if done else s - missing_eos_penalty for s, done in zip(scored, finished, strict=True)]
+        answers = [r[m].tolist() for r, m in zip(drawn.query_response[:, drawn.context :], drawn.valid, strict=True)]
+        scores += end_of_turn_scores(reward, [queries[i] for i, _ in chunk], answers, tokenizer.eos_token_id,
+                                     missing_eos_penalty)  # fmt: skip
     per_prompt = [sum(scores[i * samples : (i + 1) * samples]) / samples for i in range(len(queries))]
     return PolicyMeasure(
         prompt_rewards=tuple(per_prompt),

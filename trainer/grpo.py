@@ -28,23 +28,9 @@ from trainer.dpo import REF_ADAPTER
 from trainer.hardware import trainer_args
 from trainer.pairs import Messages
 from trainer.ppo import PolicyLora, PolicyTraining, load_policy
-from trainer.reward import Progress, RewardModel, load_tokenizer, prompt_ids, prompt_text, quiet
+from trainer.reward import Progress, RewardModel, end_of_turn_scores, load_tokenizer, prompt_text, quiet
 
 log = logging.getLogger(__name__)
-
-
-def end_of_turn_scores(
-    reward: RewardModel, prompts: Sequence[list[int]], answers: Sequence[list[int]], eos: int, penalty: float
-) -> list[float]:
-    """The reward model's score of each prompt + answer, read at an end of turn (appended to an answer
-    cut at the length limit, which also loses `penalty`)."""
-    sequences, cut = [], []
-    for prompt, answer in zip(prompts, answers, strict=True):
-        ended = bool(answer) and answer[-1] == eos
-        sequences.append((prompt + answer + ([] if ended else [eos]))[-reward.max_length :])
-        cut.append(not ended)
-    scores = reward.score_ids(sequences)
-    return [score - penalty * was_cut for score, was_cut in zip(scores, cut, strict=True)]
 
 
 def grpo_classes():
@@ -66,6 +52,22 @@ def grpo_classes():
     return GRPOConfig, GRPOTrainer
 
 
+def as_trl_reads_it(tokenizer, text: str) -> tuple[str | None, list[int]]:
+    """A prompt's text as TRL must be given it, and its ids as serving encoded them.
+
+    TRL encodes a text prompt with the tokenizer's special tokens added; the recorded prompt holds
+    its own already (serving encodes without). A tokenizer that adds a BOS would read a template's
+    BOS twice, so the text goes without it. None when no text gives serving's ids.
+    """
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    bos = tokenizer.bos_token
+    for candidate in (text, text[len(bos) :] if bos and text.startswith(bos) else None):
+        if candidate is not None and tokenizer(candidate)["input_ids"] == ids:
+            return candidate, ids
+    log.warning("a prompt TRL would encode otherwise than serving did is left out of GRPO")
+    return None, ids
+
+
 def run_grpo(
     base_model: str,
     start_adapter: Path | None,
@@ -82,8 +84,8 @@ def run_grpo(
 
     GRPOConfig, GRPOTrainer = grpo_classes()
     tokenizer = load_tokenizer(base_model)
-    queries = [(prompt_text(tokenizer, m), prompt_ids(tokenizer, m)) for m in prompts]
-    queries = [(text, ids) for text, ids in queries if len(ids) <= config.max_prompt_tokens]
+    queries = [as_trl_reads_it(tokenizer, prompt_text(tokenizer, m)) for m in prompts]
+    queries = [(text, ids) for text, ids in queries if text is not None and len(ids) <= config.max_prompt_tokens]
     if not queries:
         raise ValueError("no prompt short enough for GRPO")
     query_ids = [ids for _, ids in queries]

@@ -105,7 +105,22 @@ class RewardModel:
         return sum(self.correct(pairs)) / len(pairs) if pairs else float("nan")
 
 
-def _base_classifier(base_model: str, tokenizer: PreTrainedTokenizerBase) -> torch.nn.Module:
+def end_of_turn_scores(
+    reward: RewardModel, prompts: Sequence[list[int]], answers: Sequence[list[int]], eos: int, penalty: float
+) -> list[float]:
+    """The reward model's score of each prompt + answer, read at an end of turn (appended to an answer
+    cut at the length limit, which also loses `penalty`)."""
+    sequences, cut = [], []
+    for prompt, answer in zip(prompts, answers, strict=True):
+        ended = bool(answer) and answer[-1] == eos
+        sequences.append((prompt + answer + ([] if ended else [eos]))[-reward.max_length :])
+        cut.append(not ended)
+    scores = reward.score_ids(sequences)
+    return [score - penalty * was_cut for score, was_cut in zip(scores, cut, strict=True)]
+
+
+def base_classifier(base_model: str, tokenizer: PreTrainedTokenizerBase) -> torch.nn.Module:
+    """The base model with an untrained scalar head (what a reward model starts from), on the trainer's device."""
     model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1, dtype=compute_dtype())
     model.config.pad_token_id = tokenizer.pad_token_id
     return model.to(device())
@@ -119,7 +134,7 @@ def load_reward_model(base_model: str, adapter_dir: Path, max_length: int) -> Re
     if not (adapter_dir / "adapter_config.json").exists():
         model = AutoModelForSequenceClassification.from_pretrained(adapter_dir, dtype=compute_dtype())
         return RewardModel(model.to(device()).eval(), tokenizer, max_length)
-    model = PeftModel.from_pretrained(_base_classifier(base_model, tokenizer), adapter_dir)
+    model = PeftModel.from_pretrained(base_classifier(base_model, tokenizer), adapter_dir)
     return RewardModel(model.merge_and_unload().eval(), tokenizer, max_length)
 
 
@@ -184,7 +199,7 @@ def train_reward_model(
         rejected = dialogue_ids(tokenizer, p.messages, p.rejected, config.max_length)
         rows.append({"chosen_ids": chosen, "rejected_ids": rejected, "length": max(len(chosen), len(rejected))})
     epochs = config.epochs if epochs is None else epochs
-    model = _base_classifier(base_model, tokenizer)
+    model = base_classifier(base_model, tokenizer)
     peft_config = None
     if start_from is not None and (start_from / "adapter_config.json").exists():
         model = PeftModel.from_pretrained(model, start_from, is_trainable=True)

@@ -238,7 +238,7 @@ def run_round(ctx: RoundContext, reward_only: bool = False) -> RoundResult:
             # per-prompt gain is measured about as well as `eval_prompts` answers would measure one.
             samples = max(settings.gates.eval_samples, min(16, math.ceil(settings.gates.eval_prompts / len(queries))))
             ppo_config = settings.ppo
-            args = (tokenizer, reward, eval_prompts, queries, ppo_config.response_length, ppo_config.temperature,
+            args = (tokenizer, reward, queries, ppo_config.response_length, ppo_config.temperature,
                     samples, settings.seed, ppo_config.missing_eos_penalty)  # fmt: skip
             new = measure_policy(ppo.policy, *args)
             reference = measure_policy(load_policy(ctx.base_model, None, PolicyLora.of(settings.ppo), False), *args)

@@ -11,7 +11,8 @@ import pytest
 from tests.trainer.conftest import round_context as context
 from tests.trainer.synthetic import traffic
 from trainer import round as round_module
-from trainer.grpo import end_of_turn_scores
+from trainer.grpo import as_trl_reads_it
+from trainer.reward import end_of_turn_scores, load_tokenizer, prompt_text
 from trainer.round import run_round
 
 GRPO = {"steps": 8, "prompts_per_step": 4, "group_size": 4, "response_length": 24, "learning_rate": 1e-3,
@@ -32,6 +33,19 @@ def test_an_answer_is_read_at_its_end_of_turn_and_a_cut_one_loses_the_penalty():
     eos = 2
     scores = end_of_turn_scores(Lengths(), [[7, 7], [7, 7], [7] * 9], [[5, eos], [5, 5], [5]], eos, penalty=1.5)
     assert scores == [4.0, 5.0 - 1.5, 10.0 - 1.5], "an end of turn appended, the left end cut at max_length"
+
+
+def test_trl_is_given_the_prompt_text_that_it_encodes_to_serving_s_ids(tiny_model):
+    tokenizer = load_tokenizer(str(tiny_model))
+    text = prompt_text(tokenizer, (("user", "hi there"),))
+    served = tokenizer.encode(text, add_special_tokens=False)
+    assert as_trl_reads_it(tokenizer, text) == (text, served)  # this tokenizer adds nothing
+    tokenizer.add_bos_token = True  # one that adds a BOS, as Llama's do
+    with_bos = tokenizer.bos_token + text  # a template that writes its own BOS
+    trl_text, ids = as_trl_reads_it(tokenizer, with_bos)
+    assert ids == tokenizer.encode(with_bos, add_special_tokens=False)
+    assert tokenizer(trl_text)["input_ids"] == ids, "TRL reads one BOS, as serving did"
+    assert trl_text == text
 
 
 @pytest.mark.slow

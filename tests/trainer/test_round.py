@@ -152,7 +152,7 @@ def test_the_evaluation_scores_a_cut_answer_as_ppo_does_less_the_missing_eos_pen
     policy = load_policy(str(taught_policy), None, PolicyLora(4), trainable=False)
     prompts = [(("user", "Could you help me, please?"),), (("user", "Tell me about the weather."),)]
     queries = encode_prompts(tokenizer, prompts, 10**9)
-    args = (policy, tokenizer, reward, prompts, queries, 3, 1.0, 4, 0)  # 3 tokens: most answers are cut
+    args = (policy, tokenizer, reward, queries, 3, 1.0, 4, 0)  # 3 tokens: most answers are cut
     plain, penalised = measure_policy(*args), measure_policy(*args, missing_eos_penalty=1.0)
     assert plain.ended < 1.0
     assert penalised.mean_reward == pytest.approx(plain.mean_reward - (1.0 - plain.ended), abs=1e-4)
