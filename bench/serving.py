@@ -178,11 +178,15 @@ async def _http_load(url: str) -> dict:
 
 
 @contextlib.contextmanager
-def serving_process(model: str, port: int, log_name: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """`flywheel serve` alone (no broker) on `port`, its log in .flywheel/LOG_NAME; yields its URL, stops its group."""
+def serving_process(
+    model: str, port: int, log_name: str, env: dict[str, str] | None = None, cores: str = ""
+) -> Iterator[str]:
+    """`flywheel serve` alone (no broker) on `port`, its log in .flywheel/LOG_NAME; yields its URL, stops its group.
+    `cores` (a taskset list) pins the whole process tree, front end and engine alike."""
     work = ROOT / ".flywheel"
     env = {**os.environ, **(env or {}), "FLYWHEEL_KAFKA_BOOTSTRAP": "127.0.0.1:1", "FLYWHEEL_DATA_DIR": str(work)}
     args = [sys.executable, "-m", "flywheel.cli", "serve", "--model", model, "--port", str(port)]
+    args = ["taskset", "-c", cores, *args] if cores else args
     with server_process(args, port, log_name, "/readyz", env) as url:
         yield url
 

@@ -6,7 +6,8 @@ forward and backward over `--train-batch` x 128 tokens, in a loop) under one of 
 (`trainer/cpu.py`: `nice`, `idle`, `normal`; `paceD`: `nice` and a duty cycle D, `trainer/pacing.py`;
 a suffix `@C` pins the trainer to core C), or no training runs at all. `--engine-cpus` repeats it all
 for each way of binding the engine's OpenMP threads (`auto`: vLLM's, on every core here; `1`: on
-core 1 alone, leaving core 0 to the front end and the trainer). Windows go round-robin over the modes `--repeats`
+core 1 alone, leaving core 0 to the front end and the trainer; `1/1`: that, and serving's whole
+process tree, front end and engine process, pinned to core 1 as well). Windows go round-robin over the modes `--repeats`
 times, so drift on the machine falls on every mode alike. For each mode: chat completions per
 second and median latency against the no-training windows (ratios, with their range over the
 repeats), and training steps per second against training alone on an idle machine.
@@ -164,7 +165,8 @@ def main() -> int:
     parser.add_argument("--train-batch", type=int, default=2,
                         help="sequences of 128 tokens per training step (small: fine-grained step counts)")  # fmt: skip
     parser.add_argument("--engine-cpus", default="auto",
-                        help="comma-separated VLLM_CPU_OMP_THREADS_BIND values, one serving run each")  # fmt: skip
+                        help="comma-separated VLLM_CPU_OMP_THREADS_BIND values, one serving run each;"
+                             " BIND/CORES also pins serving's process tree to CORES")  # fmt: skip
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -192,8 +194,10 @@ def main() -> int:
     windows = []
     engines = [e.strip() for e in args.engine_cpus.split(",") if e.strip()]
     for engine in engines:
-        env = {"VLLM_CPU_OMP_THREADS_BIND": engine}
-        with serving_process(model, 18766, f"bench-sharing-serve-{engine}.log", env) as url:
+        bind, _, tree = engine.partition("/")  # 1/1: the engine's threads on core 1 and all of serving too
+        env = {"VLLM_CPU_OMP_THREADS_BIND": bind}
+        log_name = f"bench-sharing-serve-{engine.replace('/', '-')}.log"
+        with serving_process(model, 18766, log_name, env, cores=tree) as url:
             asyncio.run(chat_window(url, args.users, 10))  # warm-up
             for repeat in range(args.repeats):
                 for mode in modes:

@@ -20,7 +20,6 @@ from dataclasses import replace
 
 from pydantic import BaseModel
 from vllm import SamplingParams
-from vllm.entrypoints.generate.base.protocol import DeltaFunctionCall, DeltaToolCall
 from vllm.inputs import TokensPrompt
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import RequestOutputKind
@@ -47,7 +46,7 @@ from serving.protocol import (
 )
 from serving.sampling import check_limits, logit_bias, structured_outputs
 from serving.sampling import prompt_ids as request_prompt_ids
-from serving.tools import tool_output, wants_tools
+from serving.tools import ToolStream, tool_output, wants_tools
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +281,7 @@ class ChatService:
                      ) -> AsyncIterator[str]:  # fmt: skip
         """Server-sent events: one chunk per delta (as `shape` makes it: /v1/completions), `data: [DONE]` last.
 
-        With tools, a choice is sent whole when it ends: its text may be a call (serving/tools.py).
+        With tools, a call streams as OpenAI's do: its id and name, then its arguments (serving/tools.py).
         """
         async with aclosing(self.chunks(prep)) as chunks:  # a client that leaves aborts the engine request now
             async for chunk in chunks:
@@ -293,23 +292,26 @@ class ChatService:
         """The chunks of a streamed response; closing early (the client left) aborts and records it."""
         include_usage = bool(prep.request.stream_options and prep.request.stream_options.include_usage)
         completed = False
-        whole = wants_tools(prep.request)
+        tools = wants_tools(prep.request)
+        streams: dict[int, ToolStream] = {}
         try:
             async for output in self._generate(prep):
                 for piece in output.outputs:
                     state, logprobs = self._absorb(prep, piece)
-                    if whole:
-                        if state.finish_reason is not None:
-                            message = self._message(prep, state)
-                            choice = StreamChoice(
-                                index=state.index, delta=_tool_delta(message),
-                                finish_reason=_finish_reason(state, message),
-                                feedback_token=self._feedback_token(prep, state.index),
-                                policy_version=prep.policy_of(state.index).version,
-                            )  # fmt: skip
-                            yield self._chunk(prep, [choice])
-                        continue
-                    delta = DeltaMessage(content=piece.text)
+                    finish_reason = state.finish_reason
+                    if tools:
+                        stream = streams.get(state.index)
+                        if stream is None:
+                            stream = streams[state.index] = ToolStream(prep.request, self.tokenizer,
+                                                                       self.settings.tool_call_parser)  # fmt: skip
+                        delta = stream.delta(piece.text, piece.token_ids, finish_reason is not None)
+                        if delta is None and finish_reason is None and logprobs is None:
+                            continue  # the parser holds these tokens back (a call's markers, say)
+                        delta = delta or DeltaMessage()
+                        if finish_reason == "stop" and stream.called:
+                            finish_reason = "tool_calls"
+                    else:
+                        delta = DeltaMessage(content=piece.text)
                     token = None
                     if not state.started:
                         state.started = True
@@ -320,7 +322,7 @@ class ChatService:
                     choice = StreamChoice(
                         index=state.index,
                         delta=delta,
-                        finish_reason=state.finish_reason,
+                        finish_reason=finish_reason,
                         logprobs=logprobs,
                         feedback_token=token,
                         policy_version=prep.policy_of(state.index).version if token else None,
@@ -374,13 +376,3 @@ class ChatService:
 
 def _finish_reason(state: ChoiceState, message: AssistantMessage) -> str | None:
     return "tool_calls" if state.finish_reason == "stop" and message.tool_calls else state.finish_reason
-
-
-def _tool_delta(message: AssistantMessage) -> DeltaMessage:
-    """A finished choice of a request with tools, whole: its content, or its calls (serving/tools.py)."""
-    calls = [
-        DeltaToolCall(index=i, id=call.id, type="function",
-                      function=DeltaFunctionCall(name=call.function.name, arguments=call.function.arguments))
-        for i, call in enumerate(message.tool_calls or [])
-    ]  # fmt: skip
-    return DeltaMessage(role="assistant", content=message.content, tool_calls=calls or None)

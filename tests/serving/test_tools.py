@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 from flywheel.settings import TOPIC_COMPLETIONS, ServingSettings
 from flywheel.v1 import events_pb2
 from serving.protocol import ChatCompletionRequest
-from serving.tools import tool_output
+from serving.tools import ToolStream, tool_output
 from tests.conftest import TEST_API_KEY, serving_env, start_serving
 from tests.kafka_helpers import consume
 from trainer.dataset import DatasetStore
@@ -101,18 +101,55 @@ def test_required_streams_the_calls_as_deltas_and_the_next_turn_takes_their_resu
                                             tool_choice="required", parallel_tool_calls=False, max_tokens=96,
                                             stream=True)  # fmt: skip
     chunks = [chunk for chunk in stream if chunk.choices]
-    calls = [call for chunk in chunks for call in chunk.choices[0].delta.tool_calls or []]
+    pieces = [call for chunk in chunks for call in chunk.choices[0].delta.tool_calls or []]
     assert chunks[-1].choices[0].finish_reason == "tool_calls", chunks[-1]
-    assert len(calls) == 1 and calls[0].function.name in {"get_weather", "get_time"}
-    json.loads(calls[0].function.arguments)
+    first = pieces[0]
+    assert first.id and first.type == "function" and first.function.name in {"get_weather", "get_time"}
+    assert len(pieces) > 2, "the arguments arrive as they are generated, not whole at the end"
+    assert all(p.index == 0 and p.id is None and p.function.name is None for p in pieces[1:])
+    arguments = "".join(p.function.arguments or "" for p in pieces)
+    json.loads(arguments)
+    assert not any(chunk.choices[0].delta.content for chunk in chunks), "a call never arrives as content"
     follow_up = [*MESSAGES,
                  {"role": "assistant", "content": None, "tool_calls": [
-                     {"id": calls[0].id, "type": "function",
-                      "function": {"name": calls[0].function.name, "arguments": calls[0].function.arguments}}]},
-                 {"role": "tool", "tool_call_id": calls[0].id, "content": "Sunny, 21 C."}]  # fmt: skip
+                     {"id": first.id, "type": "function",
+                      "function": {"name": first.function.name, "arguments": arguments}}]},
+                 {"role": "tool", "tool_call_id": first.id, "content": "Sunny, 21 C."}]  # fmt: skip
     answer = client.chat.completions.create(model="flywheel", messages=follow_up, tools=[WEATHER], max_tokens=8,
                                             tool_choice="none")  # fmt: skip
     assert answer.choices[0].message.tool_calls is None and answer.choices[0].message.content is not None
+
+
+def test_the_sdk_s_stream_helper_assembles_a_streamed_named_call(client):
+    with client.chat.completions.stream(
+        model="flywheel", messages=MESSAGES, tools=[WEATHER], max_tokens=96, seed=1,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    ) as stream:  # fmt: skip
+        final = stream.get_final_completion()
+    (call,) = final.choices[0].message.tool_calls
+    assert call.function.name == "get_weather" and set(json.loads(call.function.arguments)) == {"city", "days"}
+
+
+@pytest.mark.parametrize(("tool_choice", "text"), [
+    (None, 'Let me look.<tool_call>{"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}</tool_call>'),
+    ("required", '[{"name": "get_weather", "parameters": {"city": "Paris", "days": 2}}]'),
+    ({"type": "function", "function": {"name": "get_weather"}}, '{"city": "Paris", "days": 2}'),
+])  # fmt: skip
+def test_a_call_streams_its_name_once_then_its_arguments_token_by_token(tools_model, tool_choice, text):
+    tokenizer = AutoTokenizer.from_pretrained(tools_model)
+    body = {"messages": MESSAGES, "tools": [WEATHER]} | ({"tool_choice": tool_choice} if tool_choice else {})
+    stream = ToolStream(ChatCompletionRequest.model_validate(body), tokenizer, "hermes")
+    ids, sent, deltas = tokenizer.encode(text, add_special_tokens=False), "", []
+    for i, token in enumerate(ids):
+        decoded = tokenizer.decode(ids[: i + 1])
+        delta = stream.delta(decoded[len(sent) :], [token], finished=i == len(ids) - 1)
+        sent = decoded
+        deltas += [delta] if delta is not None else []
+    pieces = [call for delta in deltas for call in delta.tool_calls or []]
+    assert stream.called and pieces[0].id and pieces[0].function.name == "get_weather"
+    assert len(pieces) > 2 and all(p.id is None and p.function.name is None for p in pieces[1:])
+    assert json.loads("".join(p.function.arguments or "" for p in pieces)) == {"city": "Paris", "days": 2}
+    assert "".join(d.content or "" for d in deltas) == ("Let me look." if tool_choice is None else "")
 
 
 def test_auto_is_read_by_the_model_familys_parser_and_refused_without_one(client, tools_model):
