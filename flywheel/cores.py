@@ -17,6 +17,13 @@ While a round runs users get the same service either way and the trainer 2.4x th
 no round running, serving on one core has two thirds of the throughput. A live loop trains most of
 the time, so `flywheel up` splits by default; `FLYWHEEL_ENGINE_CPUS=auto` (or any of the settings
 below, or a GPU) keeps the shared layout.
+
+Binding the engine's compute threads left the rest of serving free to run on the trainer's core:
+the front end and vLLM's engine process, whose message queue spins for a while after each read.
+Serving now runs wholly on its cores (serving/engine.py). Measured side by side on a slower day
+(docs/sharing-runs/2026-12-07/pin-serving.json, 2 repeats of 60 s): the trainer on core 0 beside
+serving went from 0.66 of its speed alone (0.55-0.77) to 0.84 (0.82-0.86); serving while it
+trained, 0.379 -> 0.368 completions/s and p50 8.9 -> 9.6 s (3 % and 8 %, inside the windows' spread).
 """
 
 from __future__ import annotations
@@ -59,8 +66,15 @@ def split_cores(environ: Mapping[str, str], cpus: set[int] | None = None, gpu: b
     return split
 
 
-def pin(cpus: str) -> None:
-    """Run this process (and the threads it starts afterwards) on `cpus`; nothing for an empty list or auto."""
-    if cpus not in ("", "auto"):
-        os.sched_setaffinity(0, parse_cpus(cpus))
-        log.info("the trainer runs on cores %s", cpus)
+def pin(cpus: str, who: str = "the trainer") -> None:
+    """Run this process on `cpus`: every thread it has, and what it starts afterwards (threads and
+    child processes inherit); nothing for an empty list or auto."""
+    if cpus in ("", "auto"):
+        return
+    cores = parse_cpus(cpus)
+    for task in os.listdir("/proc/self/task"):  # sched_setaffinity(0) would pin the calling thread alone
+        try:
+            os.sched_setaffinity(int(task), cores)
+        except ProcessLookupError:  # a thread that ended meanwhile
+            pass
+    log.info("%s runs on cores %s", who, cpus)

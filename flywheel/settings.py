@@ -191,8 +191,8 @@ class ServingSettings(CommonSettings):
     engine_cpus: str = Field(
         "auto",
         pattern=CPU_LIST,
-        description="Cores of the CPU engine's compute threads (VLLM_CPU_OMP_THREADS_BIND): auto, or a list like 1-3,5"
-        " (flywheel up splits the cores: flywheel/cores.py).",
+        description="Cores serving runs on: the CPU engine's compute threads (VLLM_CPU_OMP_THREADS_BIND), its front end"
+        " and engine process; auto, or a list like 1-3,5 (flywheel up splits the cores: flywheel/cores.py).",
     )
     preload_iomp: bool = Field(True, description="Run the CPU engine with Intel's OpenMP runtime.")
     gpu_memory_utilization: float = Field(0.85, description="Share of GPU memory vLLM may take (GPU only).")

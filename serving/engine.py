@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from flywheel.cores import pin
 from flywheel.settings import ServingSettings
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ def set_engine_environment(settings: ServingSettings) -> None:
 def build_engine(settings: ServingSettings, model_path: str):
     """Start AsyncLLM (front end here, EngineCore and worker in child processes)."""
     set_engine_environment(settings)
+    pin(settings.engine_cpus, "serving (front end and engine)")  # the engine's processes inherit it: flywheel/cores.py
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 

@@ -47,12 +47,22 @@ def test_nothing_is_split_where_the_operator_chose_or_there_is_nothing_to_split(
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning to one of several cores needs two")
-def test_the_trainer_process_is_pinned_by_its_setting():
-    code = (
-        f"import sys, os; sys.path.insert(0, {str(ROOT)!r}); from flywheel.cores import pin; "
-        "pin(os.environ['FLYWHEEL_TRAINER_CPUS']); print(sorted(os.sched_getaffinity(0)))"
-    )
+@pytest.mark.parametrize("setting", ["FLYWHEEL_TRAINER_CPUS", "FLYWHEEL_ENGINE_CPUS"])
+def test_a_process_is_pinned_by_its_setting_threads_it_had_and_children_included(setting):
+    code = f"""
+import os, subprocess, sys, threading
+sys.path.insert(0, {str(ROOT)!r})
+from flywheel.cores import pin
+release = threading.Event()
+thread = threading.Thread(target=release.wait)
+thread.start()  # a thread from before the pin: serving's front end has some (tokenizers, asyncio)
+pin(os.environ[{setting!r}])
+child = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+                       capture_output=True, text=True, check=True).stdout.strip()
+print(sorted(os.sched_getaffinity(0)), sorted(os.sched_getaffinity(thread.native_id)), child)
+release.set()
+"""
     core = max(os.sched_getaffinity(0))
-    env = {**os.environ, "FLYWHEEL_TRAINER_CPUS": str(core)}
+    env = {**os.environ, setting: str(core)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
-    assert done.stdout.strip() == f"[{core}]"
+    assert done.stdout.strip() == f"[{core}] [{core}] [{core}]"
