@@ -141,7 +141,8 @@ def text_logprobs(logprobs: ChoiceLogprobs | None, offset: int = 0) -> TextLogpr
     return TextLogprobs(
         tokens=[e.token for e in logprobs.content],
         token_logprobs=[e.logprob for e in logprobs.content],
-        top_logprobs=[{top.token: top.logprob for top in e.top_logprobs} for e in logprobs.content],
+        # the sampled token is always among them, as OpenAI's: up to `logprobs` + 1 entries
+        top_logprobs=[{e.token: e.logprob} | {t.token: t.logprob for t in e.top_logprobs} for e in logprobs.content],
         text_offset=offsets,
     )
 

@@ -24,6 +24,8 @@ def check_limits(request: ChatCompletionRequest, settings: ServingSettings, toke
     s = settings
     refuse_unhonoured(request)
     check_tools(request, tokenizer, s.tool_call_parser)
+    if request.stream_options is not None and not request.stream:
+        raise APIError(400, "stream_options is only allowed with stream: true", param="stream_options")
     if request.n > s.max_n:
         raise APIError(400, f"n must be at most {s.max_n}, got {request.n}", param="n", code="n_too_large")
     if request.n > 1 and request.temperature == 0 and not request.compare_versions:

@@ -100,6 +100,10 @@ def tool_output(request: ChatCompletionRequest, text: str, tokenizer, parser_nam
     """A finished choice's text as OpenAI's message: content, or the calls it makes."""
     choice = request.tool_choice
     if isinstance(choice, dict):  # the constraint made `text` the function's arguments
+        try:
+            json.loads(text)
+        except ValueError:  # cut short by max_tokens: no complete call, as OpenAI answers
+            return ToolOutput(text, [])
         return ToolOutput(None, [ToolCall(function=FunctionCall(name=choice["function"]["name"], arguments=text))])
     if choice == "required":  # a JSON array of {"name", "parameters"}
         try:

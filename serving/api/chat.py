@@ -44,20 +44,28 @@ async def create_chat_completion(
     return await service.complete(prepared)
 
 
+def served_model(request: Request) -> ModelCard:
+    state = request.app.state
+    return ModelCard(
+        id=state.settings.served_model_name,
+        created=state.started_at,
+        root=state.settings.served_model_name,  # never the model's directory: no paths to callers
+        policy_version=state.policy_router.stable.version,
+    )
+
+
 @router.get("/v1/models", response_model=ModelList)
 async def list_models(request: Request) -> ModelList:
-    state = request.app.state
-    router_ = state.policy_router
-    return ModelList(
-        data=[
-            ModelCard(
-                id=state.settings.served_model_name,
-                created=state.started_at,
-                root=state.settings.served_model_name,  # never the model's directory: no paths to callers
-                policy_version=router_.stable.version,
-            )
-        ]
-    )
+    return ModelList(data=[served_model(request)])
+
+
+@router.get("/v1/models/{model}", response_model=ModelCard, responses=_ERRORS)
+async def retrieve_model(model: str, request: Request) -> ModelCard:
+    card = served_model(request)
+    if model != card.id:
+        raise APIError(404, f"The model {model!r} does not exist", type_="invalid_request_error", param="model",
+                       code="model_not_found")  # fmt: skip
+    return card
 
 
 @router.post("/v1/completions", response_model=TextCompletion, responses=_ERRORS)

@@ -43,17 +43,9 @@ You can call these functions:
 {% endfor %}{%- if add_generation_prompt %}<|im_start|>assistant
 {% endif %}"""
 
-# Test (node name) -> why it is expected to fail: a difference from OpenAI's API (and vLLM's) found by
-# reading serving/, not yet seen failing on a run.
-KNOWN_GAPS = {
-    "test_zero_logprobs[flywheel]": "/v1/completions with logprobs=0 returns empty top_logprobs; OpenAI and vLLM "
-    "always include the sampled token (up to logprobs+1 entries)",
-    "test_retrieve_base_model": "GET /v1/models/{model} is not served (404)",
-    "test_retrieve_unknown_model": "GET /v1/models/{model} is not served: the 404 is the missing route's, "
-    "without OpenAI's 'does not exist' message",
-    "test_max_tokens_with_tool_choice_required[tool_choice1]": "a named-function call cut short by max_tokens "
-    "comes back as a tool call with partial JSON arguments; OpenAI and vLLM return no tool_calls",
-}
+# Test (node name) -> why it is expected to fail: a difference from OpenAI's API (and vLLM's). Empty:
+# the four the first run found were mended (README.md).
+KNOWN_GAPS: dict[str, str] = {}
 
 _model_dirs: dict[str, Path] = {}
 

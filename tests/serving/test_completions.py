@@ -32,7 +32,8 @@ def test_a_text_prompt_is_completed_as_written_and_recorded_for_the_trainer(clie
     for choice in completion.choices:
         assert choice.text and choice.model_extra["feedback_token"] and choice.finish_reason == "length"
         assert len(choice.logprobs.tokens) == len(choice.logprobs.token_logprobs) == 6
-        assert all(len(top) <= 2 for top in choice.logprobs.top_logprobs)
+        for token, top in zip(choice.logprobs.tokens, choice.logprobs.top_logprobs, strict=True):
+            assert len(top) <= 3 and token in top, "the top 2 and the sampled token, as OpenAI gives them"
         offsets = choice.logprobs.text_offset
         assert offsets[0] == 0 and offsets == sorted(offsets)
     assert completion.model_extra["policy_version"] == "base"
